@@ -15,7 +15,8 @@ inline int64_t row_length(const int32_t* idx, int64_t cap) {
 }
 
 // Union of two rows with clamp-add probabilities min(1, pa + pb). Writes `out_cap` entries (the
-// tail padded with -1 / 0) and returns the number of real entries, or -1 if they do not fit.
+// tail padded with -1 / 0) and returns the number of real entries, or -1 if they do not fit or
+// an input row is not strictly ascending.
 inline int64_t union_row(const int32_t* ia, const float* pa, int64_t ca, const int32_t* ib,
                          const float* pb, int64_t cb, int32_t* io, float* po, int64_t out_cap) {
   const int64_t na = row_length(ia, ca), nb = row_length(ib, cb);
@@ -33,7 +34,7 @@ inline int64_t union_row(const int32_t* ia, const float* pa, int64_t ca, const i
       j = ia[x];
       p = pa[x++] + pb[y++];
     }
-    if (n >= out_cap) return -1;
+    if (n >= out_cap || (n > 0 && j <= io[n - 1])) return -1;  // overflow or unsorted input
     io[n] = j;
     po[n] = std::min(1.0f, std::max(0.0f, p));
     ++n;
