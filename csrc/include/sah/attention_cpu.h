@@ -59,6 +59,30 @@ inline bool row_entry(const AttentionParams& p, int64_t b, int64_t h, int64_t i,
   return *prob > 0.0f;
 }
 
+// Dot product of an accumulator-typed row with a row of T (SIMD reduction on contiguous rows).
+template <typename T, typename A>
+inline A dot_row(const A* x, const T* y, int64_t stride, int64_t n) {
+  A s = 0;
+  if (stride == 1) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < n; ++c) s += x[c] * A(to_float(y[c]));
+  } else {
+    for (int64_t c = 0; c < n; ++c) s += x[c] * A(to_float(y[c * stride]));
+  }
+  return s;
+}
+
+// acc += w * y for a row of T.
+template <typename T, typename A>
+inline void axpy_row(A w, const T* y, int64_t stride, int64_t n, A* acc) {
+  if (stride == 1) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) acc[c] += w * A(to_float(y[c]));
+  } else {
+    for (int64_t c = 0; c < n; ++c) acc[c] += w * A(to_float(y[c * stride]));
+  }
+}
+
 // Weighted logit s_ij - log p_ij of a used entry; -inf when the mask forbids the key.
 template <typename T, typename A>
 inline A weighted_logit(const AttentionParams& p, const A* qf, int64_t b, int64_t h, int64_t i,
@@ -67,9 +91,7 @@ inline A weighted_logit(const AttentionParams& p, const A* qf, int64_t b, int64_
   if (std::isinf(mv)) return mv;
   const T* krow = static_cast<const T*>(p.k) + b * p.k_stride[0] +
                   (h / p.group_size()) * p.k_stride[1] + j * p.k_stride[2];
-  A dot = 0;
-  for (int64_t c = 0; c < p.head_dim; ++c) dot += qf[c] * A(to_float(krow[c * p.k_stride[3]]));
-  return dot * A(p.scale) + mv - std::log(A(prob));
+  return dot_row(qf, krow, p.k_stride[3], p.head_dim) * A(p.scale) + mv - std::log(A(prob));
 }
 
 template <typename T, typename A>
@@ -105,9 +127,10 @@ void attention_forward_rows(const AttentionParams& p, int64_t begin, int64_t end
       }
       const A w = std::exp(s - m);
       l += w;
-      const T* vrow = static_cast<const T*>(p.v) + b * p.v_stride[0] + kvh * p.v_stride[1] +
-                      j * p.v_stride[2];
-      for (int64_t c = 0; c < d; ++c) acc[c] += w * A(to_float(vrow[c * p.v_stride[3]]));
+      axpy_row(w,
+               static_cast<const T*>(p.v) + b * p.v_stride[0] + kvh * p.v_stride[1] +
+                   j * p.v_stride[2],
+               p.v_stride[3], d, acc.data());
     }
     T* out = static_cast<T*>(p.out) + row * d;
     const bool empty = !(l > 0);
@@ -155,8 +178,7 @@ void attention_backward_groups(const AttentionParams& p, int64_t begin, int64_t 
                             kvh * p.k_stride[1] + j * p.k_stride[2];
             const T* vrow = static_cast<const T*>(p.v) + b * p.v_stride[0] +
                             kvh * p.v_stride[1] + j * p.v_stride[2];
-            A dp = 0;
-            for (int64_t c = 0; c < d; ++c) dp += dof[c] * A(to_float(vrow[c * p.v_stride[3]]));
+            const A dp = dot_row(dof.data(), vrow, p.v_stride[3], d);
             const A ds = pw * (dp - delta) * A(p.scale);
             A* dkrow = dk + ((b * p.kv_heads + kvh) * p.k_len + j) * d;
             A* dvrow = dv + ((b * p.kv_heads + kvh) * p.k_len + j) * d;
