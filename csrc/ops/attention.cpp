@@ -102,11 +102,19 @@ MaskKind mask_kind(at::ScalarType s) {
   }
 }
 
-void copy_strides(const at::Tensor& t, int64_t* dst) {
+}  // namespace
+
+void copy_strides4(const at::Tensor& t, int64_t* dst) {
   for (int d = 0; d < 4; ++d) dst[d] = t.size(d) == 1 ? 0 : t.stride(d);
 }
 
-}  // namespace
+void pack_mask(const std::optional<at::Tensor>& mask, const void** data, MaskKind* kind,
+               int64_t* stride) {
+  if (!mask.has_value()) return;
+  *data = mask->data_ptr();
+  *kind = mask_kind(mask->scalar_type());
+  copy_strides4(*mask, stride);
+}
 
 AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& v, const at::Tensor& indices,
@@ -121,22 +129,18 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k,
   p.k_len = k.size(2);
   p.cap = probs.size(3);
   p.q = q.data_ptr();
-  copy_strides(q, p.q_stride);
+  copy_strides4(q, p.q_stride);
   p.k = k.data_ptr();
-  copy_strides(k, p.k_stride);
+  copy_strides4(k, p.k_stride);
   p.v = v.data_ptr();
-  copy_strides(v, p.v_stride);
+  copy_strides4(v, p.v_stride);
   if (indices.defined()) {
     p.indices = indices.data_ptr<int32_t>();
-    copy_strides(indices, p.idx_stride);
+    copy_strides4(indices, p.idx_stride);
   }
   p.probs = probs.data_ptr<float>();
-  copy_strides(probs, p.prob_stride);
-  if (mask.has_value()) {
-    p.mask = mask->data_ptr();
-    p.mask_kind = mask_kind(mask->scalar_type());
-    copy_strides(*mask, p.mask_stride);
-  }
+  copy_strides4(probs, p.prob_stride);
+  pack_mask(mask, &p.mask, &p.mask_kind, p.mask_stride);
   p.scale = static_cast<float>(scale);
   return p;
 }

@@ -20,4 +20,11 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& probs,
                                       const std::optional<at::Tensor>& mask, double scale);
 
+// Strides of a 4-D tensor in elements, 0 for dimensions of size 1 (broadcast).
+void copy_strides4(const at::Tensor& t, int64_t* dst);
+
+// Points a kernel at an optional attention mask (data, storage kind, broadcast strides).
+void pack_mask(const std::optional<at::Tensor>& mask, const void** data, MaskKind* kind,
+               int64_t* stride);
+
 }  // namespace sah

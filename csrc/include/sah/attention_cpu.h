@@ -12,36 +12,41 @@
 namespace sah {
 namespace cpu {
 
-// Additive mask value for (b, h, i, j); -inf when the key is forbidden. A stored value of -inf or
+// Additive mask value at (b, h, i, j); -inf when the key is forbidden. A stored value of -inf or
 // of the dtype's lowest finite number (HF's convention) forbids the key; a bool mask allows True.
 template <typename A>
-inline A mask_value(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+inline A mask_value_at(const void* mask, MaskKind kind, const int64_t* stride, int64_t b, int64_t h,
+                       int64_t i, int64_t j) {
   const A neg_inf = -std::numeric_limits<A>::infinity();
-  if (p.mask_kind == MaskKind::kNone) return A(0);
-  const int64_t off =
-      b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
-  switch (p.mask_kind) {
+  if (kind == MaskKind::kNone) return A(0);
+  const int64_t off = b * stride[0] + h * stride[1] + i * stride[2] + j * stride[3];
+  switch (kind) {
     case MaskKind::kBool:
-      return static_cast<const bool*>(p.mask)[off] ? A(0) : neg_inf;
+      return static_cast<const bool*>(mask)[off] ? A(0) : neg_inf;
     case MaskKind::kFloat32: {
-      const float x = static_cast<const float*>(p.mask)[off];
+      const float x = static_cast<const float*>(mask)[off];
       return x <= std::numeric_limits<float>::lowest() ? neg_inf : A(x);
     }
     case MaskKind::kFloat64: {
-      const double x = static_cast<const double*>(p.mask)[off];
+      const double x = static_cast<const double*>(mask)[off];
       return x <= std::numeric_limits<double>::lowest() ? neg_inf : A(x);
     }
     case MaskKind::kFloat16: {
-      const f16_t x = static_cast<const f16_t*>(p.mask)[off];
+      const f16_t x = static_cast<const f16_t*>(mask)[off];
       return (x.bits == 0xfbffu || x.bits == 0xfc00u) ? neg_inf : A(to_float(x));
     }
     case MaskKind::kBFloat16: {
-      const bf16_t x = static_cast<const bf16_t*>(p.mask)[off];
+      const bf16_t x = static_cast<const bf16_t*>(mask)[off];
       return (x.bits == 0xff7fu || x.bits == 0xff80u) ? neg_inf : A(to_float(x));
     }
     default:
       return A(0);
   }
+}
+
+template <typename A>
+inline A mask_value(const AttentionParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return mask_value_at<A>(p.mask, p.mask_kind, p.mask_stride, b, h, i, j);
 }
 
 // Key index and probability of entry t of a row; returns false when the entry is not used.

@@ -110,6 +110,10 @@ TORCH_LIBRARY_IMPL(sah, Autograd, m) {
   m.impl("rows_to_dense", torch::CppFunction::makeFallthrough());
   m.impl("dense_to_rows", torch::CppFunction::makeFallthrough());
   m.impl("row_counts", torch::CppFunction::makeFallthrough());
+  m.impl("sink_mask", torch::CppFunction::makeFallthrough());
+  m.impl("local_mask", torch::CppFunction::makeFallthrough());
+  m.impl("oracle_topk_mask", torch::CppFunction::makeFallthrough());
+  m.impl("oracle_topp_mask", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace sah
