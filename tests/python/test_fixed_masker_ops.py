@@ -9,61 +9,8 @@ the forbidden positions must be empty in ours.
 import pytest
 import torch
 
+from reference import causal_additive, ref_local, ref_sink, ref_topk, ref_topp
 from sparse_attention_hub import ops
-
-MIN = torch.finfo(torch.float32).min
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference (dense, as upstream computes it).
-def ref_sink(prev, s):
-    out = prev.clone()
-    out[..., :s] = 1.0
-    return out
-
-
-def ref_local(prev, w):
-    b, h, sq, sk = prev.shape
-    out = prev.clone()
-    j = torch.arange(sk)
-    pos = sk - sq + torch.arange(sq)
-    band = (j[None, :] >= pos[:, None] - w + 1) & (j[None, :] <= pos[:, None])
-    out[..., band] = 1.0
-    return out
-
-
-def scores_with_mask(q, k, additive):
-    g = q.shape[1] // k.shape[1]
-    s = q.double() @ k.double().repeat_interleave(g, 1).transpose(-1, -2)
-    return s + additive.double()
-
-
-def ref_topk(q, k, additive, prev, kk):
-    s = scores_with_mask(q, k, additive)
-    s = s.masked_fill(prev != 0, MIN)
-    top = s.topk(kk, dim=-1).indices
-    new = torch.zeros_like(prev).scatter(-1, top, 1.0)
-    return (prev + new).clamp(0, 1)
-
-
-def ref_topp(q, k, additive, prev, top_p, scale):
-    g = q.shape[1] // k.shape[1]
-    x = scale * (q.double() @ k.double().repeat_interleave(g, 1).transpose(-1, -2)) + additive
-    x = x.masked_fill(prev != 0, MIN)
-    e = torch.exp(x - x.max(-1, keepdim=True).values)
-    y = e.sort(-1, descending=True).values
-    c = y.cumsum(-1) / y.sum(-1, keepdim=True)
-    r = torch.searchsorted(c, torch.full_like(c[..., :1], top_p), right=True)
-    tau = y.gather(-1, r.clamp(max=y.shape[-1] - 1))
-    new = (e >= tau).double()
-    return (prev + new).clamp(0, 1)
-
-
-def causal_additive(b, sq, sk):
-    pos = sk - sq + torch.arange(sq)
-    allowed = torch.arange(sk)[None, :] <= pos[:, None]
-    return torch.zeros(b, 1, sq, sk).masked_fill(~allowed, MIN), allowed
-
 
 def to_rows(dense):
     return ops.dense_to_rows(dense.float().contiguous())
@@ -177,7 +124,7 @@ def test_oracle_topp_matches_reference(device, top_p, sq, sk, with_prev):
     idx, p = torch.ops.sah.oracle_topp_mask(
         q.to(device), k.to(device), pi.to(device), pp.to(device), additive.to(device), top_p, 0.35
     )
-    want = ref_topp(q, k, additive.double(), prev, top_p, 0.35)
+    want = ref_topp(q, k, additive, prev, top_p, 0.35)
     check_on_allowed(idx, p, want, allowed, sk)
 
 

@@ -36,4 +36,4 @@ def _get_num_key_value_groups(queries: torch.Tensor, kv_tensor: torch.Tensor) ->
     return num_attention_heads // num_key_value_heads
 
 
-__all__ = ["repeat_kv", "_get_num_key_value_groups"]
+__all__ = ["_get_num_key_value_groups", "repeat_kv"]

@@ -1,0 +1,137 @@
+"""Position-based maskers: local window, attention sinks, and the no-op causal masker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .....utils.mask import Mask
+from ...base import MaskerRegistry, padding_or_4d_mask
+from ..base import FixedMasker, FixedMaskerConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class LocalMaskerConfig(FixedMaskerConfig):
+    """The ``window_size`` most recent keys of each query, its own position included."""
+
+    window_size: Union[int, float]
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.window_size <= 0:
+            raise ValueError(f"window_size must be > 0, got {self.window_size}")
+
+
+@dataclass
+class SinkMaskerConfig(FixedMaskerConfig):
+    """The first ``sink_size`` keys of the sequence (attention sinks)."""
+
+    sink_size: Union[int, float]
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sink_size <= 0:
+            raise ValueError(f"sink_size must be > 0, got {self.sink_size}")
+
+
+@MaskerRegistry.register(LocalMaskerConfig)
+class LocalMasker(FixedMasker):
+    """Sliding window: keys ``p - w + 1 .. p`` for the query at absolute position ``p``."""
+
+    def __init__(self, config: LocalMaskerConfig) -> None:
+        super().__init__(config)
+        self.window_size = config.window_size
+
+    def add_mask(
+        self,
+        keys: Tensor,
+        queries: Tensor,
+        values: Tensor,
+        attention_mask: Optional[Tensor],
+        scaling: float,
+        dropout: float,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        previous_mask: Mask,
+        **kwargs: Any,
+    ) -> Mask:
+        if previous_mask.is_full_mask():
+            return previous_mask
+        dims = self._extract_tensor_dimensions(keys, queries)
+        n = dims.seq_len_keys
+        w = self._calculate_effective_size(self.window_size, n)
+        if n <= w + dims.seq_len_queries:
+            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
+        indices, probs = previous_mask.get_rows()
+        indices, probs = torch.ops.sah.local_mask(
+            indices, probs, padding_or_4d_mask(attention_mask, n), n, w
+        )
+        return self._rows_mask(previous_mask, indices, probs)
+
+    @classmethod
+    def create_from_config(cls, config: LocalMaskerConfig) -> "LocalMasker":
+        return cls._checked(config, LocalMaskerConfig)
+
+
+@MaskerRegistry.register(FixedMaskerConfig)
+class CausalMasker(FixedMasker):
+    """Adds nothing: causality is enforced by the attention mask (as in the reference)."""
+
+    def add_mask(
+        self,
+        keys: Tensor,
+        queries: Tensor,
+        values: Tensor,
+        attention_mask: Optional[Tensor],
+        scaling: float,
+        dropout: float,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        previous_mask: Mask,
+        **kwargs: Any,
+    ) -> Mask:
+        return previous_mask
+
+    @classmethod
+    def create_from_config(cls, config: FixedMaskerConfig) -> "CausalMasker":
+        return cls._checked(config, FixedMaskerConfig)
+
+
+@MaskerRegistry.register(SinkMaskerConfig)
+class SinkMasker(FixedMasker):
+    """Attention sinks: the first ``s`` keys (those at or before the query's position)."""
+
+    def __init__(self, config: SinkMaskerConfig) -> None:
+        super().__init__(config)
+        self.sink_size = config.sink_size
+
+    def add_mask(
+        self,
+        keys: Tensor,
+        queries: Tensor,
+        values: Tensor,
+        attention_mask: Optional[Tensor],
+        scaling: float,
+        dropout: float,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        previous_mask: Mask,
+        **kwargs: Any,
+    ) -> Mask:
+        if previous_mask.is_full_mask():
+            return previous_mask
+        dims = self._extract_tensor_dimensions(keys, queries)
+        n = dims.seq_len_keys
+        s = self._calculate_effective_size(self.sink_size, n)
+        if n <= s:
+            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
+        indices, probs = previous_mask.get_rows()
+        indices, probs = torch.ops.sah.sink_mask(
+            indices, probs, padding_or_4d_mask(attention_mask, n), n, s
+        )
+        return self._rows_mask(previous_mask, indices, probs)
+
+    @classmethod
+    def create_from_config(cls, config: SinkMaskerConfig) -> "SinkMasker":
+        return cls._checked(config, SinkMaskerConfig)

@@ -1,0 +1,5 @@
+"""Sampling maskers."""
+
+from .base import SamplingMasker, SamplingMaskerConfig
+
+__all__ = ["SamplingMasker", "SamplingMaskerConfig"]
