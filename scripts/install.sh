@@ -11,4 +11,4 @@ fi
 if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get install -y -q ccache >/dev/null 2>&1 || true  # optional: faster rebuilds
 fi
-"$PY" -m pip install -q --no-build-isolation --no-deps -e .
+PYTHON="$PY" bash scripts/build.sh
