@@ -1,0 +1,281 @@
+"""ModelAdapterHF: runs requests on a HuggingFace causal LM with sparse attention.
+
+Flow of :meth:`ModelAdapterHF.process_request` (evaluation setup B by default):
+the context is prefilled ONCE, densely; each question continues from that cache (cropped back
+after the question), its tokens and every generated token run through the sparse attention, and
+generation goes through ``model.generate`` so every generation kwarg works.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import string
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..sparse_attention.base import SparseAttention, SparseAttentionConfig
+from .base import ModelAdapter, Request, RequestResponse
+from .model_servers import ModelServerHF
+from .registry import AttentionRegistry, default_registry
+
+Tensor = torch.Tensor
+
+SETUPS = ("B", "A")
+TRUNCATIONS = ("head", "middle")
+
+
+class ModelAdapterHF(ModelAdapter):
+    """A HuggingFace model whose attention can run a sparse attention configuration.
+
+    Args:
+        model_name: hub name, local folder, or path to a ``.gguf`` file.
+        sparse_attention_config: the sparse attention; None gives a dense-only adapter.
+        model_kwargs / tokenizer_kwargs: passed to ``from_pretrained``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA when available. Ignored when
+            ``model_kwargs`` has a ``device_map``.
+        setup: ``"B"`` (default: context dense; question and generation sparse) or ``"A"``
+            (whole prompt dense except its last token; generation sparse).
+        dense_layers: layer indices that always run dense attention.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        sparse_attention_config: Optional[SparseAttentionConfig],
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        tokenizer_kwargs: Optional[Dict[str, Any]] = None,
+        device: Optional[str] = None,
+        *,
+        setup: str = "B",
+        dense_layers: Optional[Iterable[int]] = None,
+        registry: AttentionRegistry = default_registry,
+        model: Optional[nn.Module] = None,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__(model_name, sparse_attention_config)
+        if setup not in SETUPS:
+            raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
+        self.model_kwargs = dict(model_kwargs or {})
+        self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
+        if device is None and "device_map" not in self.model_kwargs:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = str(torch.device(device)) if device is not None else None
+        if self.device == "cuda":
+            self.device = f"cuda:{torch.cuda.current_device()}"
+        self.setup = setup
+        self.dense_layers = set(dense_layers or ())
+        self._registry = registry
+        self._server: Optional[ModelServerHF] = None
+        if model is None:
+            self._server = ModelServerHF()
+            model = self._server.get_model(model_name, self.device, self.model_kwargs)
+            tokenizer = self._server.get_tokenizer(model_name, self.tokenizer_kwargs)
+        elif tokenizer is None:
+            raise ValueError("a tokenizer is required when a model object is given")
+        self.model = model
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._separator = "".join(secrets.choice(string.ascii_letters) for _ in range(100))
+        self._attention_name: Optional[str] = None
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        sparse_attention_config: Optional[SparseAttentionConfig],
+        **kwargs: Any,
+    ) -> "ModelAdapterHF":
+        """An adapter over an already built model and tokenizer (nothing is loaded)."""
+        device = kwargs.pop("device", str(next(model.parameters()).device))
+        name = getattr(model.config, "name_or_path", "") or type(model).__name__
+        return cls(name, sparse_attention_config, device=device, model=model, tokenizer=tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    # Registration and sparse mode.
+    @property
+    def attention_name(self) -> str:
+        """The transformers attention name of this adapter's sparse attention (registered lazily)."""
+        if self.sparse_attention is None:
+            raise RuntimeError("this adapter was built without a sparse attention config")
+        if self._attention_name is None:
+            self._attention_name = self._registry.register_sparse_attention(self.sparse_attention)
+        return self._attention_name
+
+    def get_custom_attention_function(self, sparse_attention: SparseAttention) -> Callable:
+        if sparse_attention is not self.sparse_attention:
+            name = self._registry.register_sparse_attention(sparse_attention)
+            return self._registry.get_attention_adapter(name)
+        return self._registry.get_attention_adapter(self.attention_name)
+
+    def _sparse_layers(self) -> Optional[List[int]]:
+        if not self.dense_layers:
+            return None
+        n = self.model.config.get_text_config().num_hidden_layers
+        return [i for i in range(n) if i not in self.dense_layers]
+
+    @contextmanager
+    def enable_sparse_mode(self) -> Iterator[None]:
+        """Within this block the model runs the sparse attention (restored on exit, also after
+        an exception)."""
+        if self.sparse_attention is None:
+            raise RuntimeError("enable_sparse_mode needs a sparse attention config")
+        previous = self._registry.configure_model_attention(
+            self.model, self.attention_name, self._sparse_layers()
+        )
+        try:
+            yield
+        finally:
+            self._registry.restore_model_attention(self.model, previous)
+
+    @contextmanager
+    def _dense_mode(self) -> Iterator[None]:
+        """Dense attention even inside an outer ``enable_sparse_mode`` (context prefill)."""
+        if self._attention_name is None:
+            yield
+            return
+        function = self._registry.get_attention_adapter(self._attention_name)
+        saved = function.layer_indices
+        function.layer_indices = set()
+        try:
+            yield
+        finally:
+            function.layer_indices = saved
+
+    @contextmanager
+    def _request_state(self, state: Dict[Any, Any]) -> Iterator[None]:
+        if self.sparse_attention is None:
+            yield
+            return
+        function = self._registry.get_attention_adapter(self.attention_name)
+        saved = function.state
+        function.state = state
+        try:
+            yield
+        finally:
+            function.state = saved
+
+    # ------------------------------------------------------------------------------------------
+    # Requests.
+    def _encode(self, request: Request) -> Tuple[Tensor, List[Tensor]]:
+        """Context ids (with the chat template's head) and each question's ids (question +
+        template tail + answer prefix); the BOS token appears once."""
+        questions = [request.questions] if isinstance(request.questions, str) else request.questions
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": request.context + self._separator}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            context_text, tail = rendered.split(self._separator)
+            context_ids = tok(context_text, add_special_tokens=False).input_ids
+        else:
+            tail = ""
+            context_ids = tok(request.context, add_special_tokens=True).input_ids
+        question_ids = [
+            tok(q + tail + request.answer_prefix, add_special_tokens=False).input_ids
+            for q in questions
+        ]
+        return (
+            torch.tensor([context_ids], dtype=torch.long),
+            [torch.tensor([q], dtype=torch.long) for q in question_ids],
+        )
+
+    @staticmethod
+    def _truncate(ids: Tensor, max_len: Optional[int], mode: str) -> Tensor:
+        if mode not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {mode!r}")
+        if max_len is None or ids.shape[1] <= max_len:
+            return ids
+        if mode == "head":
+            return ids[:, :max_len]
+        head = max_len // 2
+        return torch.cat([ids[:, :head], ids[:, ids.shape[1] - (max_len - head) :]], dim=1)
+
+    def _input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def process_request(
+        self,
+        request: Request,
+        generation_kwargs: Optional[Dict[str, Any]] = None,
+        request_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> RequestResponse:
+        """Answers every question of ``request`` (see the module docstring for the flow).
+
+        ``generation_kwargs`` go to ``model.generate`` (default ``max_new_tokens=50``, greedy);
+        ``request_kwargs``: ``max_context_length`` (tokens) and ``truncation`` ("head" or
+        "middle"). Neither dict is modified.
+        """
+        from transformers import DynamicCache
+
+        generation = {"max_new_tokens": 50, "do_sample": False}
+        generation.update(generation_kwargs or {})
+        generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        options = dict(request_kwargs or {})
+        context_ids, questions = self._encode(request)
+        context_ids = self._truncate(
+            context_ids, options.get("max_context_length"), options.get("truncation", "head")
+        )
+        device = self._input_device()
+        context_ids = context_ids.to(device)
+        cache = DynamicCache(config=self.model.config)
+        with torch.no_grad(), self._dense_mode():
+            self.model(input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        context_len = context_ids.shape[1]
+        answers = []
+        for question_ids in questions:
+            answers.append(self._answer(context_ids, question_ids.to(device), cache, generation))
+            extra = cache.get_seq_length() - context_len
+            if hasattr(cache, "crop") and extra > 0:
+                cache.crop(-extra)  # back to the context (negative: tokens to drop)
+        responses = answers[0] if isinstance(request.questions, str) else answers
+        return RequestResponse(responses=responses)
+
+    def _answer(
+        self, context_ids: Tensor, question_ids: Tensor, context_cache: Any, generation: Dict
+    ) -> str:
+        cache = context_cache if hasattr(context_cache, "crop") else copy.deepcopy(context_cache)
+        full = torch.cat([context_ids, question_ids], dim=1)
+        if self.setup == "A" and question_ids.shape[1] > 1:
+            with torch.no_grad(), self._dense_mode():
+                self.model(input_ids=full[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        attention = torch.ones_like(full)
+        with torch.no_grad(), self._request_state({}), self._sparse_mode_if_configured():
+            out = self.model.generate(
+                input_ids=full, attention_mask=attention, past_key_values=cache, **generation
+            )
+        return self.tokenizer.decode(out[0, full.shape[1] :], skip_special_tokens=True)
+
+    @contextmanager
+    def _sparse_mode_if_configured(self) -> Iterator[None]:
+        if self.sparse_attention is None:
+            yield
+        else:
+            with self.enable_sparse_mode():
+                yield
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle.
+    def close(self) -> None:
+        """Unregisters the attention function and releases the model reference (idempotent)."""
+        if self._attention_name is not None:
+            self._registry.unregister_attention_function(self._attention_name)
+            self._attention_name = None
+        if self._server is not None:
+            self._server.clear_model(self.model_name, self.device, self.model_kwargs)
+            self._server.clear_tokenizer(self.model_name, self.tokenizer_kwargs)
+            self._server = None
+        self.model = None
+
+    def __enter__(self) -> "ModelAdapterHF":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

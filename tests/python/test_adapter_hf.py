@@ -1,0 +1,275 @@
+"""ModelAdapterHF and the registration lifecycle on a tiny random-weight Llama (no downloads).
+
+Reference: plain HF generation (dense), and a plain-PyTorch sink+local attention registered in
+transformers' AttentionInterface and run in the same model.
+"""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+from sparse_attention_hub.adapters import (  # noqa: E402
+    AttentionRegistry,
+    ModelAdapterHF,
+    Request,
+    RequestResponse,
+)
+from sparse_attention_hub.sparse_attention.research_attention import (  # noqa: E402
+    ResearchAttention,
+    ResearchAttentionConfig,
+)
+from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (  # noqa: E402
+    LocalMaskerConfig,
+    OracleTopKConfig,
+    SinkMaskerConfig,
+)
+
+WORDS = (
+    "the a of and to in is was it that for on with as at by this are be from or an have not "
+    "which one all were we when there can more if has been who will their would what so its "
+    "USER ENDUSER ASSISTANT code secret number question answer blue red green cat dog tree"
+).split()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference attention: plain PyTorch, dense scores, sink + local window by absolute position.
+def reference_sink_local(sink, window):
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        b, h, sq, d = query.shape
+        sk = key.shape[2]
+        g = h // key.shape[1]
+        k, v = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
+        s = (scaling or d**-0.5) * query @ k.transpose(-1, -2)
+        pos = sk - sq + torch.arange(sq)[:, None]
+        j = torch.arange(sk)[None, :]
+        s_eff, w_eff = sink(sk), window(sk)
+        full = sk <= s_eff or sk <= w_eff + sq
+        keep = (j <= pos) & (full | (j < s_eff) | (j > pos - w_eff))
+        if attention_mask is not None:
+            keep = keep & attention_mask[:, :, :, :sk]
+        s = s.masked_fill(~keep, float("-inf"))
+        out = torch.softmax(s, -1) @ v
+        return out.transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+def make_tokenizer(chat_template=True):
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(WORDS)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    if chat_template:
+        tok.chat_template = (
+            "{{ bos_token }}{% for m in messages %}USER {{ m['content'] }} ENDUSER{% endfor %}"
+            "{% if add_generation_prompt %} ASSISTANT{% endif %}"
+        )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(WORDS) + 4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).to(torch.float64).eval()
+    return model, make_tokenizer()
+
+
+def context_text(n_words=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    words = [WORDS[i] for i in torch.randint(0, 40, (n_words,), generator=g).tolist()]
+    return "the secret code is blue . " + " ".join(words)
+
+
+def plain_greedy(model, tok, adapter, request, max_new_tokens):
+    ctx, qs = adapter._encode(request)
+    outs = []
+    for q in qs:
+        ids = torch.cat([ctx, q], 1)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=3)
+        outs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return outs
+
+
+# ----------------------------------------------------------------------------------------------
+def test_dense_mode_equals_plain_hf_generation(tiny):
+    model, tok = tiny
+    request = Request(context_text(), ["what is the secret code", "which tree is red"], "answer")
+    with ModelAdapterHF.from_model(model, tok, None) as adapter:
+        got = adapter.process_request(request, {"max_new_tokens": 8})
+        assert isinstance(got, RequestResponse) and isinstance(got.responses, list)
+        assert got.responses == plain_greedy(model, tok, adapter, request, 8)
+
+
+def test_sparse_mode_keeping_every_key_equals_dense(tiny):
+    """Sink 60% + local 50% of the keys cover every key without the 'full' shortcut, so the
+    row-form kernels run and must reproduce dense generation."""
+    model, tok = tiny
+    request = Request(context_text(seed=1), "what is the secret code")
+    config = ResearchAttentionConfig([SinkMaskerConfig(0.6), LocalMaskerConfig(0.5)])
+    with ModelAdapterHF.from_model(model, tok, None) as dense:
+        want = dense.process_request(request, {"max_new_tokens": 10}).responses
+    with ModelAdapterHF.from_model(model, tok, config) as sparse:
+        got = sparse.process_request(request, {"max_new_tokens": 10}).responses
+    assert isinstance(got, str) and got == want
+
+
+@pytest.mark.parametrize("setup", ["B", "A"])
+def test_sink_local_equals_reference_attention_in_same_model(tiny, setup):
+    model, tok = tiny
+    request = Request(context_text(seed=2), ["what is the secret code", "is the dog red"])
+    config = ResearchAttentionConfig([SinkMaskerConfig(4), LocalMaskerConfig(16)])
+    with ModelAdapterHF.from_model(model, tok, config, setup=setup) as sparse:
+        got = sparse.process_request(request, {"max_new_tokens": 10}).responses
+        # The same flow with the reference attention plugged in place of the sparse one.
+        function = sparse._registry.get_attention_adapter(sparse.attention_name)
+        reference = reference_sink_local(lambda n: 4, lambda n: 16)
+        original = function.sparse_attention.custom_attention
+        function.sparse_attention.custom_attention = lambda module, q, k, v, m, s, d, **kw: reference(module, q, k, v, m, s, d)
+        try:
+            want = sparse.process_request(request, {"max_new_tokens": 10}).responses
+        finally:
+            function.sparse_attention.custom_attention = original
+    assert got == want
+
+
+def test_context_is_prefilled_once_per_request(tiny):
+    model, tok = tiny
+    request = Request(context_text(seed=3), ["what is the code", "is it blue", "is it red"])
+    lengths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: lengths.append(kwargs["input_ids"].shape[1] if kwargs.get("input_ids") is not None else -1),
+        with_kwargs=True,
+    )
+    try:
+        with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
+            adapter.process_request(request, {"max_new_tokens": 3})
+            ctx_len = adapter._encode(request)[0].shape[1]
+    finally:
+        hook.remove()
+    assert lengths.count(ctx_len) == 1, lengths
+    assert max(lengths) == ctx_len  # questions never re-run the context
+
+
+def test_prompt_has_one_bos_and_truncation_modes(tiny):
+    model, tok = tiny
+    with ModelAdapterHF.from_model(model, tok, None) as adapter:
+        ctx, qs = adapter._encode(Request("the cat", "is it red", "answer"))
+        assert (ctx == tok.bos_token_id).sum() == 1 and ctx[0, 0] == tok.bos_token_id
+        assert all((q == tok.bos_token_id).sum() == 0 for q in qs)
+        ids = torch.arange(10)[None]
+        assert adapter._truncate(ids, 4, "head").tolist() == [[0, 1, 2, 3]]
+        assert adapter._truncate(ids, 4, "middle").tolist() == [[0, 1, 8, 9]]
+        with pytest.raises(ValueError, match="truncation must be one of"):
+            adapter._truncate(ids, 4, "tail")
+    base = make_tokenizer(chat_template=False)
+    with ModelAdapterHF.from_model(model, base, None) as adapter:
+        ctx, _ = adapter._encode(Request("the cat", "is it red"))
+        assert (ctx == base.bos_token_id).sum() == 1
+
+
+def test_generation_kwargs_are_honoured_and_not_mutated(tiny):
+    model, tok = tiny
+    kwargs = {"max_new_tokens": 4}
+    with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
+        short = adapter.process_request(Request(context_text(), "what is the code"), kwargs).responses
+        assert kwargs == {"max_new_tokens": 4}
+        assert len(tok(short, add_special_tokens=False).input_ids) <= 4
+        torch.manual_seed(0)
+        sampled = adapter.process_request(
+            Request(context_text(), "what is the code"),
+            {"max_new_tokens": 6, "do_sample": True, "temperature": 5.0, "top_k": 0},
+        ).responses
+        assert isinstance(sampled, str)
+
+
+def test_enable_sparse_mode_restores_after_exception_and_dense_only_refuses(tiny):
+    model, tok = tiny
+    before = model.config._attn_implementation
+    with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
+        with pytest.raises(KeyError):
+            with adapter.enable_sparse_mode():
+                assert model.config._attn_implementation == adapter.attention_name
+                raise KeyError("boom")
+        assert model.config._attn_implementation == before
+    with ModelAdapterHF.from_model(model, tok, None) as dense:
+        with pytest.raises(RuntimeError, match="needs a sparse attention config"):
+            with dense.enable_sparse_mode():
+                pass
+
+
+def test_registration_lifecycle_and_dense_layers(tiny):
+    model, tok = tiny
+    registry = AttentionRegistry()
+    calls = []
+
+    class Spy(ResearchAttention):
+        def custom_attention(self, module, q, k, v, mask, scaling, dropout, sparse_meta_data=None, **kw):
+            calls.append(kw["layer_idx"])
+            return super().custom_attention(module, q, k, v, mask, scaling, dropout, sparse_meta_data, **kw)
+
+    spy = Spy(ResearchAttentionConfig([]), [])
+    name = registry.register_sparse_attention(spy, attention_name="spy_attention_test")
+    assert registry.list_registered_attention_functions() == {"spy_attention_test": "ResearchAttentionFunction"}
+    assert registry.get_attention_adapter(name).get_attention_name() == name
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_sparse_attention(spy, attention_name=name)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_sparse_attention(spy, attention_name="sdpa")
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    previous = registry.configure_model_attention(model, name, layer_indices=[1])
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        registry.restore_model_attention(model, previous)
+    assert calls == [1], "only layer 1 runs the sparse attention"
+    registry.unregister_attention_function(name)
+    assert registry.list_registered_attention_functions() == {}
+    with pytest.raises(KeyError, match="not registered"):
+        registry.get_attention_adapter(name)
+    model.config._attn_implementation = name
+    try:
+        with pytest.raises(RuntimeError, match="was unregistered"), torch.no_grad():
+            model(ids)
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
+def test_dense_layers_option_and_topk_generation(tiny):
+    model, tok = tiny
+    config = ResearchAttentionConfig([SinkMaskerConfig(2), LocalMaskerConfig(8), OracleTopKConfig(0.1)])
+    request = Request(context_text(seed=4), "what is the secret code")
+    with ModelAdapterHF.from_model(model, tok, config, dense_layers=[0, 1, 2]) as all_dense, \
+            ModelAdapterHF.from_model(model, tok, None) as dense:
+        assert all_dense.process_request(request, {"max_new_tokens": 6}).responses == \
+            dense.process_request(request, {"max_new_tokens": 6}).responses
+    with ModelAdapterHF.from_model(model, tok, config, dense_layers=[0]) as adapter:
+        assert isinstance(adapter.process_request(request, {"max_new_tokens": 6}).responses, str)
+
+
+def test_bad_arguments(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="setup must be one of"):
+        ModelAdapterHF.from_model(model, tok, None, setup="C")
+    with pytest.raises(ValueError, match="a tokenizer is required"):
+        ModelAdapterHF("x", None, model=model, device="cpu")
