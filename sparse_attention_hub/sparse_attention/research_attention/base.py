@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ class ResearchAttention(SparseAttention):
                 "sampling logic in one masker"
             )
         self.maskers = maskers
+        #: Optional callback ``observer(event: dict)`` called after each attention call with
+        #: ``layer_idx``, ``mask``, the inputs and ``output`` (for metrics; None costs nothing).
+        self.observer: Optional[Callable[[Dict[str, Any]], None]] = None
 
     def compute_mask(
         self,
@@ -91,19 +94,34 @@ class ResearchAttention(SparseAttention):
         )
         training = module is not None and module.training and dropout > 0.0
         if (mask.is_full_mask() or mask.is_empty_mask()) and not want_weights and not training:
-            return _dense_attention(queries, keys, values, attention_mask, scaling), None
-        result = get_masked_attention_output(
-            module,
-            queries,
-            keys,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            mask,
-            return_attention_weights=want_weights,
-        )
-        return result if want_weights else (result, None)
+            result = (_dense_attention(queries, keys, values, attention_mask, scaling), None)
+        else:
+            out = get_masked_attention_output(
+                module,
+                queries,
+                keys,
+                values,
+                attention_mask,
+                scaling,
+                dropout,
+                mask,
+                return_attention_weights=want_weights,
+            )
+            result = out if want_weights else (out, None)
+        if self.observer is not None:
+            self.observer(
+                dict(
+                    layer_idx=kwargs.get("layer_idx"),
+                    mask=mask,
+                    queries=queries,
+                    keys=keys,
+                    values=values,
+                    attention_mask=attention_mask,
+                    scaling=scaling,
+                    output=result[0],
+                )
+            )
+        return result
 
     @classmethod
     def create_from_config(cls, config: SparseAttentionConfig) -> "ResearchAttention":

@@ -1,0 +1,74 @@
+"""Named sparse attention configurations and loading configurations from JSON/YAML files.
+
+File format: ``{"maskers": [{"type": "SinkMaskerConfig", "sink_size": 128}, ...]}`` where
+``type`` names a masker config class exported by ``research_attention.maskers``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .sparse_attention.research_attention import ResearchAttentionConfig, maskers
+
+NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
+    "dense": lambda: None,
+    "sink_local": lambda: ResearchAttentionConfig(
+        [maskers.fixed.SinkMaskerConfig(4), maskers.fixed.LocalMaskerConfig(0.05)]
+    ),
+    "oracle_topk": lambda: ResearchAttentionConfig(
+        [
+            maskers.fixed.SinkMaskerConfig(4),
+            maskers.fixed.LocalMaskerConfig(0.05),
+            maskers.fixed.OracleTopKConfig(0.05),
+        ]
+    ),
+    "oracle_topp": lambda: ResearchAttentionConfig(
+        [
+            maskers.fixed.SinkMaskerConfig(4),
+            maskers.fixed.LocalMaskerConfig(0.05),
+            maskers.fixed.OracleTopPMaskerConfig(0.9),
+        ]
+    ),
+}
+
+
+def _masker_config_classes() -> Dict[str, type]:
+    classes: Dict[str, type] = {}
+    for module in (maskers.fixed, maskers.sampling):
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and name.endswith("Config"):
+                classes[name] = obj
+    return classes
+
+
+def config_from_dict(data: Dict[str, Any]) -> ResearchAttentionConfig:
+    """Builds a ResearchAttentionConfig from ``{"maskers": [{"type": ..., **fields}]}``."""
+    if not isinstance(data, dict) or not isinstance(data.get("maskers"), list):
+        raise ValueError('a configuration must be a mapping with a "maskers" list')
+    classes = _masker_config_classes()
+    built: List[Any] = []
+    for entry in data["maskers"]:
+        fields = dict(entry)
+        kind = fields.pop("type", None)
+        if kind not in classes:
+            raise ValueError(f"unknown masker config type {kind!r}; known: {sorted(classes)}")
+        built.append(classes[kind](**fields))
+    return ResearchAttentionConfig(built)
+
+
+def load_config(name_or_path: str) -> Optional[ResearchAttentionConfig]:
+    """A named configuration (see ``NAMED``) or one read from a .json/.yaml file."""
+    if name_or_path in NAMED:
+        return NAMED[name_or_path]()
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ValueError(f"{name_or_path!r} is neither a named configuration {sorted(NAMED)} nor a file")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # optional dependency
+
+        return config_from_dict(yaml.safe_load(text))
+    return config_from_dict(json.loads(text))
