@@ -230,18 +230,20 @@ class ModelAdapterHF(ModelAdapter):
             self.model(input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         context_len = context_ids.shape[1]
         answers = []
-        for question_ids in questions:
-            answers.append(self._answer(context_ids, question_ids.to(device), cache, generation))
+        for i, question_ids in enumerate(questions):
+            last = i == len(questions) - 1
+            # Continue from the context: crop back afterwards, or (sliding-window layers drop
+            # old keys and cannot be cropped back) answer on a copy.
+            own = last or _croppable(cache)
+            question_cache = cache if own else copy.deepcopy(cache)
+            answers.append(self._answer(context_ids, question_ids.to(device), question_cache, generation))
             extra = cache.get_seq_length() - context_len
-            if hasattr(cache, "crop") and extra > 0:
-                cache.crop(-extra)  # back to the context (negative: tokens to drop)
+            if own and not last and extra > 0:
+                cache.crop(-extra)  # negative: the number of tokens to drop
         responses = answers[0] if isinstance(request.questions, str) else answers
         return RequestResponse(responses=responses)
 
-    def _answer(
-        self, context_ids: Tensor, question_ids: Tensor, context_cache: Any, generation: Dict
-    ) -> str:
-        cache = context_cache if hasattr(context_cache, "crop") else copy.deepcopy(context_cache)
+    def _answer(self, context_ids: Tensor, question_ids: Tensor, cache: Any, generation: Dict) -> str:
         full = torch.cat([context_ids, question_ids], dim=1)
         if self.setup == "A" and question_ids.shape[1] > 1:
             with torch.no_grad(), self._dense_mode():
@@ -279,3 +281,9 @@ class ModelAdapterHF(ModelAdapter):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _croppable(cache: Any) -> bool:
+    """Whether ``cache.crop`` can roll the cache back (sliding-window layers cannot)."""
+    layers = getattr(cache, "layers", ())
+    return hasattr(cache, "crop") and not any(hasattr(layer, "sliding_window") for layer in layers)

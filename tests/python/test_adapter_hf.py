@@ -273,3 +273,44 @@ def test_bad_arguments(tiny):
         ModelAdapterHF.from_model(model, tok, None, setup="C")
     with pytest.raises(ValueError, match="a tokenizer is required"):
         ModelAdapterHF("x", None, model=model, device="cpu")
+
+
+def _arch_models():
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    common = dict(vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=3, attn_implementation="sdpa")
+    return {
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)),
+        "mistral-sliding": lambda: MistralForCausalLM(MistralConfig(sliding_window=24, **common)),
+        "gemma3-sliding": lambda: Gemma3ForCausalLM(
+            Gemma3TextConfig(head_dim=8, sliding_window=24, layer_types=["sliding_attention", "full_attention"], **common)
+        ),
+    }
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral-sliding", "gemma3-sliding"])
+def test_architectures_sparse_keeping_every_key_equals_dense(arch):
+    """Sliding-window layers keep their window: the maskers never pick keys the layer's mask
+    forbids, so a configuration that keeps every allowed key reproduces dense generation."""
+    torch.manual_seed(0)
+    model = _arch_models()[arch]().to(torch.float64).eval()
+    tok = make_tokenizer()
+    request = Request(context_text(n_words=80, seed=5), ["what is the secret code", "is it red"])
+    config = ResearchAttentionConfig([SinkMaskerConfig(0.6), LocalMaskerConfig(0.5)])
+    with ModelAdapterHF.from_model(model, tok, None) as dense:
+        want = dense.process_request(request, {"max_new_tokens": 8}).responses
+    with ModelAdapterHF.from_model(model, tok, config) as sparse:
+        got = sparse.process_request(request, {"max_new_tokens": 8}).responses
+    assert got == want
