@@ -245,9 +245,14 @@ class ModelAdapterHF(ModelAdapter):
 
     def _answer(self, context_ids: Tensor, question_ids: Tensor, cache: Any, generation: Dict) -> str:
         full = torch.cat([context_ids, question_ids], dim=1)
-        if self.setup == "A" and question_ids.shape[1] > 1:
+        if self.setup == "A" and question_ids.shape[1] > 1:  # all but the last token dense
             with torch.no_grad(), self._dense_mode():
-                self.model(input_ids=full[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.model(
+                    input_ids=question_ids[:, :-1],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
         attention = torch.ones_like(full)
         with torch.no_grad(), self._request_state({}), self._sparse_mode_if_configured():
             out = self.model.generate(

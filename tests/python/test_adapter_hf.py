@@ -152,7 +152,8 @@ def test_sink_local_equals_reference_attention_in_same_model(tiny, setup):
     assert got == want
 
 
-def test_context_is_prefilled_once_per_request(tiny):
+@pytest.mark.parametrize("setup", ["B", "A"])
+def test_context_is_prefilled_once_per_request(tiny, setup):
     model, tok = tiny
     request = Request(context_text(seed=3), ["what is the code", "is it blue", "is it red"])
     lengths = []
@@ -161,7 +162,8 @@ def test_context_is_prefilled_once_per_request(tiny):
         with_kwargs=True,
     )
     try:
-        with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
+        config = ResearchAttentionConfig([LocalMaskerConfig(8)])
+        with ModelAdapterHF.from_model(model, tok, config, setup=setup) as adapter:
             adapter.process_request(request, {"max_new_tokens": 3})
             ctx_len = adapter._encode(request)[0].shape[1]
     finally:

@@ -69,13 +69,18 @@ def test_local_matches_documented_example(device):
     assert (p == 1).all()
 
 
-def test_padding_mask_excludes_keys(device):
-    """A bool padding mask (False = padded key) removes keys from sink and local picks."""
+def test_padding_does_not_eat_into_sink_or_window(device):
+    """Sink = the first s keys the query may see, local = the last w of them: a padded row
+    (False = padding) selects the same real keys as the unpadded sequence."""
     pi, pp = empty_rows(2, 1, 1)
+    pi, pp = pi.to(device), pp.to(device)
     mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
     mask[0, ..., :2] = False  # left padding in batch 0
-    idx, _ = torch.ops.sah.sink_mask(pi.to(device), pp.to(device), mask.to(device), 10, 3)
-    assert idx.cpu().tolist() == [[[[2, -1, -1]]], [[[0, 1, 2]]]]
+    mask[1, ..., 6:8] = False  # padding between a context and a question in batch 1
+    idx, _ = torch.ops.sah.sink_mask(pi, pp, mask.to(device), 10, 3)
+    assert idx.cpu().tolist() == [[[[2, 3, 4]]], [[[0, 1, 2]]]]
+    idx, _ = torch.ops.sah.local_mask(pi, pp, mask.to(device), 10, 3)
+    assert idx.cpu().tolist() == [[[[7, 8, 9]]], [[[5, 8, 9]]]]
 
 
 @pytest.mark.parametrize("h,hkv", [(4, 4), (4, 2), (4, 1)])

@@ -1,7 +1,9 @@
 // Torch-free CPU kernels of the fixed maskers (sink, local window, oracle top-k, oracle top-p).
 // Each row's new picks are merged with the previous mask's row (clamp-add union, p = 1 for a
 // pick). A key is never picked when the attention mask forbids it or when it lies after the
-// query's absolute position k_len - q_len + i (causal decoders).
+// query's absolute position k_len - q_len + i (causal decoders). Sink and local count only the
+// keys the query may see, so padding (left, or between a context and a question) does not eat
+// into the sink or the window: a padded batch row selects what the unpadded sequence would.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -59,13 +61,16 @@ class RowPicker {
     const int64_t last = std::min(pos, p_.k_len - 1);  // last key this query may see
     if (last < 0) return;
     switch (p_.kind) {
-      case MaskerKind::kSink:
-        for (int64_t j = 0; j < std::min(p_.size, last + 1); ++j) push_if_allowed(b, h, i, j, picks);
-        return;
-      case MaskerKind::kLocal:
-        for (int64_t j = std::max<int64_t>(0, pos - p_.size + 1); j <= last; ++j) {
+      case MaskerKind::kSink:  // the first `size` keys this query may see
+        for (int64_t j = 0; j <= last && static_cast<int64_t>(picks->size()) < p_.size; ++j) {
           push_if_allowed(b, h, i, j, picks);
         }
+        return;
+      case MaskerKind::kLocal:  // the last `size` keys this query may see, up to itself
+        for (int64_t j = last; j >= 0 && static_cast<int64_t>(picks->size()) < p_.size; --j) {
+          push_if_allowed(b, h, i, j, picks);
+        }
+        std::reverse(picks->begin(), picks->end());
         return;
       case MaskerKind::kTopK:
       case MaskerKind::kTopP:
