@@ -7,8 +7,8 @@
 // (key, bias = mask - log p) pairs, then groups of G lanes each own one key at a time (two keys
 // per iteration), load the K and V rows (16-byte vectors when possible), reduce q.k with warp
 // shuffles and keep an online softmax in registers. The groups of a block are combined in shared
-// memory into a partial (m, l, acc[d]); kernel 2 merges the partials of a row into out and lse.
-// With one split, kernel 1 writes out and lse directly.
+// memory into a partial (m, l, acc[d]); kernel 2 (launched with programmatic dependent launch)
+// merges the partials of a row into out and lse. With one split, kernel 1 writes them directly.
 //
 // Backward: the same grid and entry compaction; for every used key the block adds its
 // contributions to the dk / dv accumulators with atomics and keeps dq in registers, which are
@@ -37,6 +37,7 @@ constexpr int kEntryBuffer = 2 * kScanTile;  // compacted entries held in shared
 constexpr int kMaxSplits = 256;
 constexpr int kMinChunk = 64;  // fewest row entries per split
 constexpr int kMergeThreads = 256;
+constexpr int kFwdUnroll = 2;  // keys per group per forward iteration
 
 namespace attn_detail {
 
@@ -154,8 +155,18 @@ __device__ __forceinline__ void unpack(const uint4& r, float* x, __half tag) {
   unpack_word(r.w, x + 6, tag);
 }
 
+// 16-byte read-only load that skips L1: rows are read once, and allocating them in L1 cost
+// about 7% of gather bandwidth on H100.
+__device__ __forceinline__ uint4 load_no_l1(const void* ptr) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(ptr));
+  return r;
+}
+
 // The part of one row (q, k, v, out or dout) held by one lane of a group of G lanes. Slot s of
-// lane lg holds column slot_col(s): with VEC, 16-byte vectors of W = 16 / sizeof(T) columns are
+// lane lg holds column col(s, g, lg): with VEC, 16-byte vectors of W = 16 / sizeof(T) columns are
 // dealt round-robin over the lanes; without, single columns are.
 template <typename T, bool VEC>
 struct Frag;
@@ -174,7 +185,7 @@ struct Frag<T, true> {
 #pragma unroll
     for (int n = 0; n < kN; ++n) {
       const int c = (n * g + lg) * kW;
-      r[n] = (ok && c < d) ? __ldg(reinterpret_cast<const uint4*>(row + c)) : make_uint4(0, 0, 0, 0);
+      r[n] = (ok && c < d) ? load_no_l1(row + c) : make_uint4(0, 0, 0, 0);
     }
   }
   __device__ __forceinline__ void to_acc(A (&x)[kMaxSlots]) const {
@@ -266,14 +277,12 @@ __device__ __forceinline__ void apply_mask(const AttentionParams& p, int64_t bas
   const int64_t st = p.mask_stride[3];
   switch (p.mask_kind) {
     case MaskKind::kBool:
-      add_mask<A, unsigned char>(p.mask, base, st, key, bias, [](unsigned char x) {
-        return x != 0 ? A(0) : neg_inf<A>();
-      });
+      add_mask<A, unsigned char>(p.mask, base, st, key, bias,
+                                 [](unsigned char x) { return x != 0 ? A(0) : neg_inf<A>(); });
       break;
     case MaskKind::kFloat32:
-      add_mask<A, float>(p.mask, base, st, key, bias, [](float x) {
-        return x <= -3.402823466e+38f ? neg_inf<A>() : A(x);
-      });
+      add_mask<A, float>(p.mask, base, st, key, bias,
+                         [](float x) { return x <= -3.402823466e+38f ? neg_inf<A>() : A(x); });
       break;
     case MaskKind::kFloat64:
       add_mask<A, double>(p.mask, base, st, key, bias, [](double x) {
@@ -296,10 +305,26 @@ __device__ __forceinline__ void apply_mask(const AttentionParams& p, int64_t bas
   }
 }
 
+// Lets the grid launched next with programmatic stream serialization (the merge kernel) start
+// early; that grid still waits for this one's completion before reading its results.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Waits until the grids this one depends on have completed and their writes are visible (a
+// no-op when launched without programmatic stream serialization).
+__device__ __forceinline__ void wait_for_prerequisite_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 template <typename A>
 struct Shared {
-  int32_t key[kEntryBuffer];  // compacted used entries: key index
-  A bias[kEntryBuffer];  // and mask - log(prob)
+  int32_t key[kEntryBuffer];        // compacted used entries: key index
+  A bias[kEntryBuffer];             // and mask - log(prob)
   A acc[kAttnThreads * kMaxSlots];  // per-group rows for the block combine
   A m[kAttnThreads];
   A l[kAttnThreads];
@@ -330,10 +355,9 @@ __device__ __forceinline__ RowChunk row_chunk(const AttentionParams& p, int64_t 
 // position `count` on, in a fixed order; returns how many (the same value in every thread).
 // Every thread of the block must call; the caller syncs before reading the buffer.
 template <typename A>
-__device__ int compact_entries(const AttentionParams& p, const RowChunk& rc, int64_t t0,
-                               int count, Shared<A>& sh) {
-  const int64_t pbase =
-      rc.b * p.prob_stride[0] + rc.h * p.prob_stride[1] + rc.i * p.prob_stride[2];
+__device__ int compact_entries(const AttentionParams& p, const RowChunk& rc, int64_t t0, int count,
+                               Shared<A>& sh) {
+  const int64_t pbase = rc.b * p.prob_stride[0] + rc.h * p.prob_stride[1] + rc.i * p.prob_stride[2];
   const int64_t ibase = rc.b * p.idx_stride[0] + rc.h * p.idx_stride[1] + rc.i * p.idx_stride[2];
   int key[kScanPerThread];
   A bias[kScanPerThread];
@@ -354,8 +378,8 @@ __device__ int compact_entries(const AttentionParams& p, const RowChunk& rc, int
     bias[r] = key[r] >= 0 ? -log_prob(prob[r], A()) : A(0);
   }
   if (p.mask_kind != MaskKind::kNone) {
-    apply_mask(p, rc.b * p.mask_stride[0] + rc.h * p.mask_stride[1] + rc.i * p.mask_stride[2],
-               key, bias);
+    apply_mask(p, rc.b * p.mask_stride[0] + rc.h * p.mask_stride[1] + rc.i * p.mask_stride[2], key,
+               bias);
   }
   int n = 0;
 #pragma unroll
@@ -390,8 +414,8 @@ __device__ __forceinline__ int fill_entries(const AttentionParams& p, const RowC
   return count;
 }
 
-// Sums per-group rows x (column slot_col of each lane) over the block's groups, scaled by
-// scale_g of the group; leaves the per-column sums in sh.acc[0 .. d) after a sync... see callers.
+// Stores this lane's slots of its group's row, times f, into sh.acc[grp * d + column]; the
+// caller syncs and sums the groups' rows.
 template <typename T, bool VEC, typename A>
 __device__ __forceinline__ void store_group_row(const A (&x)[kMaxSlots], A f, int g, int lg,
                                                 int grp, int d, Shared<A>& sh) {
@@ -402,14 +426,20 @@ __device__ __forceinline__ void store_group_row(const A (&x)[kMaxSlots], A f, in
   }
 }
 
+// Resident forward blocks per SM that ptxas must allow (a register cap): 6 for 16-bit types,
+// measured as slightly faster than the uncapped 92 registers on H100.
+template <typename T>
+constexpr int kFwdMinBlocks = sizeof(T) <= 2 ? 6 : 1;
+
 // Forward kernel 1: see the file comment. ws_acc (rows, num_splits, d) and ws_ml
 // (rows, num_splits, 2) receive the partials when num_splits > 1.
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(kAttnThreads)
+__global__ void __launch_bounds__(kAttnThreads, kFwdMinBlocks<T>)
     attention_forward_kernel(const AttentionParams p, int g, int64_t num_splits,
                              typename Acc<T>::type* ws_acc, typename Acc<T>::type* ws_ml) {
   using A = typename Acc<T>::type;
   __shared__ Shared<A> sh;
+  if (num_splits > 1) allow_dependent_launch();  // only the merge kernel follows with PDL
   const RowChunk rc = row_chunk(p, num_splits);
   const int d = static_cast<int>(p.head_dim);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -418,14 +448,13 @@ __global__ void __launch_bounds__(kAttnThreads)
   const A ninf = neg_inf<A>();
   const A scale = static_cast<A>(p.scale);
 
+  // q is converted after the first compaction, so that both loads are in flight together.
+  Frag<T, VEC> fq;
+  fq.load(static_cast<const T*>(p.q) + rc.b * p.q_stride[0] + rc.h * p.q_stride[1] +
+              rc.i * p.q_stride[2],
+          p.q_stride[3], g, lg, d, true);
   A qf[kMaxSlots];
-  {
-    Frag<T, VEC> fq;
-    fq.load(static_cast<const T*>(p.q) + rc.b * p.q_stride[0] + rc.h * p.q_stride[1] +
-                rc.i * p.q_stride[2],
-            p.q_stride[3], g, lg, d, true);
-    fq.to_acc(qf);
-  }
+  bool have_q = false;
   const T* kbase = static_cast<const T*>(p.k) + rc.b * p.k_stride[0] + rc.kvh * p.k_stride[1];
   const T* vbase = static_cast<const T*>(p.v) + rc.b * p.v_stride[0] + rc.kvh * p.v_stride[1];
 
@@ -437,34 +466,57 @@ __global__ void __launch_bounds__(kAttnThreads)
   int64_t t = rc.begin;
   while (t < rc.end) {
     const int n = fill_entries(p, rc, &t, sh);
-    for (int e0 = warp * kpw * 2; e0 < n; e0 += kAttnWarps * kpw * 2) {
-      const int ea = e0 + gw, eb = e0 + kpw + gw;
-      const bool oka = ea < n, okb = eb < n;
-      const int64_t ja = oka ? sh.key[ea] : 0, jb = okb ? sh.key[eb] : 0;
-      const A ba = oka ? sh.bias[ea] : A(0), bb = okb ? sh.bias[eb] : A(0);
-      Frag<T, VEC> fka, fkb, fva, fvb;
-      fka.load(kbase + ja * p.k_stride[2], p.k_stride[3], g, lg, d, oka);
-      fkb.load(kbase + jb * p.k_stride[2], p.k_stride[3], g, lg, d, okb);
-      fva.load(vbase + ja * p.v_stride[2], p.v_stride[3], g, lg, d, oka);
-      fvb.load(vbase + jb * p.v_stride[2], p.v_stride[3], g, lg, d, okb);
-      A x[kMaxSlots], y[kMaxSlots];
-      fka.to_acc(x);
-      fkb.to_acc(y);
-      A da = dot(qf, x), db = dot(qf, y);
-      for (int o = g >> 1; o > 0; o >>= 1) {
-        da += __shfl_xor_sync(0xffffffffu, da, o);
-        db += __shfl_xor_sync(0xffffffffu, db, o);
-      }
-      const A sa = oka ? da * scale + ba : ninf;
-      const A sb = okb ? db * scale + bb : ninf;
-      const A mn = amax(m, amax(sa, sb));
-      if (mn != ninf) {
-        const A f = aexp(m - mn), wa = aexp(sa - mn), wb = aexp(sb - mn);
-        l = l * f + wa + wb;
-        fva.to_acc(x);
-        fvb.to_acc(y);
+    if (!have_q) {
+      fq.to_acc(qf);
+      have_q = true;
+    }
+    // Each group takes kFwdUnroll keys per iteration, so that their loads are in flight together.
+    for (int e0 = warp * kpw * kFwdUnroll; e0 < n; e0 += kAttnWarps * kpw * kFwdUnroll) {
+      bool ok[kFwdUnroll];
+      int64_t j[kFwdUnroll];
+      A bias[kFwdUnroll], sc[kFwdUnroll];
+      Frag<T, VEC> fk[kFwdUnroll], fv[kFwdUnroll];
 #pragma unroll
-        for (int s = 0; s < kMaxSlots; ++s) acc[s] = acc[s] * f + wa * x[s] + wb * y[s];
+      for (int u = 0; u < kFwdUnroll; ++u) {
+        const int e = e0 + u * kpw + gw;
+        ok[u] = e < n;
+        j[u] = ok[u] ? sh.key[e] : 0;
+        bias[u] = ok[u] ? sh.bias[e] : A(0);
+      }
+#pragma unroll
+      for (int u = 0; u < kFwdUnroll; ++u) {
+        fk[u].load(kbase + j[u] * p.k_stride[2], p.k_stride[3], g, lg, d, ok[u]);
+        fv[u].load(vbase + j[u] * p.v_stride[2], p.v_stride[3], g, lg, d, ok[u]);
+      }
+      A x[kMaxSlots];
+#pragma unroll
+      for (int u = 0; u < kFwdUnroll; ++u) {
+        fk[u].to_acc(x);
+        sc[u] = dot(qf, x);
+      }
+      for (int o = g >> 1; o > 0; o >>= 1) {
+#pragma unroll
+        for (int u = 0; u < kFwdUnroll; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+      }
+      A mn = m;
+#pragma unroll
+      for (int u = 0; u < kFwdUnroll; ++u) {
+        sc[u] = ok[u] ? sc[u] * scale + bias[u] : ninf;
+        mn = amax(mn, sc[u]);
+      }
+      if (mn != ninf) {
+        const A f = aexp(m - mn);
+        l *= f;
+#pragma unroll
+        for (int s = 0; s < kMaxSlots; ++s) acc[s] *= f;
+#pragma unroll
+        for (int u = 0; u < kFwdUnroll; ++u) {
+          const A w = aexp(sc[u] - mn);
+          l += w;
+          fv[u].to_acc(x);
+#pragma unroll
+          for (int s = 0; s < kMaxSlots; ++s) acc[s] += w * x[s];
+        }
         m = mn;
       }
     }
@@ -507,62 +559,46 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-// Block-wide max / sum over kMergeThreads threads; every thread must call.
-template <typename A, bool kMax>
-__device__ __forceinline__ A merge_reduce(A x, A* s_red) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const A y = __shfl_xor_sync(0xffffffffu, x, o);
-    x = kMax ? amax(x, y) : x + y;
-  }
-  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = x;
-  __syncthreads();
-  A r = s_red[0];
-  for (int w = 1; w < kMergeThreads / 32; ++w) r = kMax ? amax(r, s_red[w]) : r + s_red[w];
-  __syncthreads();
-  return r;
-}
-
-// Forward kernel 2: merges the num_splits partials of each row (one block per row).
+// Forward kernel 2: merges the num_splits partials of each row (one block per row). Threads form
+// slices of ct column-threads (4 columns each); a slice folds its share of the splits with an
+// online softmax, so all loads of a thread are independent, then the slices are combined.
 template <typename T>
 __global__ void __launch_bounds__(kMergeThreads)
-    attention_merge_kernel(const typename Acc<T>::type* ws_acc,
-                           const typename Acc<T>::type* ws_ml, int64_t num_splits, int d, T* out,
-                           float* lse) {
+    attention_merge_kernel(const typename Acc<T>::type* ws_acc, const typename Acc<T>::type* ws_ml,
+                           int64_t num_splits, int d, T* out, float* lse) {
   using A = typename Acc<T>::type;
-  __shared__ A s_w[kMaxSplits];
-  __shared__ A s_red[kMergeThreads / 32];
+  __shared__ A s_m[kMergeThreads];
+  __shared__ A s_l[kMergeThreads];
   __shared__ A s_part[kMergeThreads * 4];
+  wait_for_prerequisite_grids();
   const int64_t row = blockIdx.x;
   const int ns = static_cast<int>(num_splits);
-  const A* ml = ws_ml + row * num_splits * 2;
   const A ninf = neg_inf<A>();
-
-  A x = ninf;
-  for (int s = threadIdx.x; s < ns; s += kMergeThreads) x = amax(x, ml[2 * s]);
-  const A mb = merge_reduce<A, true>(x, s_red);
-  x = 0;
-  for (int s = threadIdx.x; s < ns; s += kMergeThreads) {
-    const A ms = ml[2 * s];
-    const A w = ms == ninf ? A(0) : aexp(ms - mb);
-    s_w[s] = w;
-    x += w * ml[2 * s + 1];
-  }
-  const A lb = merge_reduce<A, false>(x, s_red);  // its syncs also publish s_w
-  const bool empty = mb == ninf;
-
-  // Threads form `slices` slices of ct column-threads, each thread owning 4 columns.
   const int ct = (d + 3) / 4, slices = kMergeThreads / ct;
   const int cid = threadIdx.x % ct, slice = threadIdx.x / ct;
   if (slice < slices) {
-    A part[4] = {0, 0, 0, 0};
+    A m = ninf, l = 0, part[4] = {0, 0, 0, 0};
+#pragma unroll 4
     for (int s = slice; s < ns; s += slices) {
-      const A w = s_w[s];
-      const A* src = ws_acc + (row * num_splits + s) * d;
+      const int64_t slot = row * num_splits + s;
+      const A ms = ws_ml[slot * 2], ls = ws_ml[slot * 2 + 1];
+      A x[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int c = cid * 4 + k;
-        if (c < d) part[k] += w * src[c];
+        x[k] = c < d ? ws_acc[slot * d + c] : A(0);
       }
+      if (ms != ninf) {
+        const A mn = amax(m, ms), f = aexp(m - mn), w = aexp(ms - mn);
+        l = l * f + ls * w;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) part[k] = part[k] * f + x[k] * w;
+        m = mn;
+      }
+    }
+    if (cid == 0) {
+      s_m[slice] = m;
+      s_l[slice] = l;
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -571,9 +607,18 @@ __global__ void __launch_bounds__(kMergeThreads)
     }
   }
   __syncthreads();
+  A mb = ninf;
+  for (int sl = 0; sl < slices; ++sl) mb = amax(mb, s_m[sl]);
+  const bool empty = mb == ninf;
+  A lb = 0;
+  for (int sl = 0; sl < slices; ++sl) {
+    if (s_m[sl] != ninf) lb += s_l[sl] * aexp(s_m[sl] - mb);
+  }
   for (int c = threadIdx.x; c < d; c += kMergeThreads) {
     A sum = 0;
-    for (int sl = 0; sl < slices; ++sl) sum += s_part[sl * d + c];
+    for (int sl = 0; sl < slices; ++sl) {
+      if (s_m[sl] != ninf) sum += s_part[sl * d + c] * aexp(s_m[sl] - mb);
+    }
     out[row * d + c] = from_acc<T>(empty ? A(0) : sum / lb);
   }
   if (threadIdx.x == 0) {
@@ -598,9 +643,9 @@ __device__ __forceinline__ void atomic_add_row(A* row, const A (&x)[kMaxSlots], 
       if (c < d) {
 #pragma unroll
         for (int k = 0; k < kW; k += 4) {
-          atomicAdd(reinterpret_cast<float4*>(row + c + k),
-                    make_float4(x[n * kW + k], x[n * kW + k + 1], x[n * kW + k + 2],
-                                x[n * kW + k + 3]));
+          atomicAdd(
+              reinterpret_cast<float4*>(row + c + k),
+              make_float4(x[n * kW + k], x[n * kW + k + 1], x[n * kW + k + 2], x[n * kW + k + 3]));
         }
       }
     }
@@ -631,16 +676,16 @@ __global__ void __launch_bounds__(kAttnThreads)
 
   A qf[kMaxSlots], dof[kMaxSlots], delta;
   {
-    Frag<T, VEC> fr;
-    fr.load(static_cast<const T*>(p.q) + rc.b * p.q_stride[0] + rc.h * p.q_stride[1] +
+    Frag<T, VEC> fq, fdo, fo;
+    fq.load(static_cast<const T*>(p.q) + rc.b * p.q_stride[0] + rc.h * p.q_stride[1] +
                 rc.i * p.q_stride[2],
             p.q_stride[3], g, lg, d, true);
-    fr.to_acc(qf);
-    fr.load(static_cast<const T*>(p.dout) + rc.row * d, 1, g, lg, d, true);
-    fr.to_acc(dof);
+    fdo.load(static_cast<const T*>(p.dout) + rc.row * d, 1, g, lg, d, true);
+    fo.load(static_cast<const T*>(p.out) + rc.row * d, 1, g, lg, d, true);
     A of[kMaxSlots];
-    fr.load(static_cast<const T*>(p.out) + rc.row * d, 1, g, lg, d, true);
-    fr.to_acc(of);
+    fq.to_acc(qf);
+    fdo.to_acc(dof);
+    fo.to_acc(of);
     delta = group_sum(dot(dof, of), g);
     if (p.dlse != nullptr) delta -= static_cast<A>(p.dlse[rc.row]);
   }
@@ -749,8 +794,8 @@ inline int group_lanes(int64_t head_dim, bool vec) {
 
 inline bool params_ok(const AttentionParams& p) {
   return p.head_dim >= 1 && p.head_dim <= kMaxHeadDim && p.kv_heads >= 1 &&
-         p.heads % p.kv_heads == 0 && p.batch >= 0 && p.q_len >= 0 && p.cap >= 0 &&
-         p.k_len >= 0 && p.k_len <= INT_MAX;
+         p.heads % p.kv_heads == 0 && p.batch >= 0 && p.q_len >= 0 && p.cap >= 0 && p.k_len >= 0 &&
+         p.k_len <= INT_MAX;
 }
 
 inline Status launch_status() {
@@ -834,10 +879,29 @@ inline Status attention_forward(const AttentionParams& p, void* workspace, int64
   if (num_splits > 1) {
     const Status st = attn_detail::launch_status();
     if (st != Status::kOk) return st;
-    attn_detail::attention_merge_kernel<T><<<static_cast<unsigned>(rows), kMergeThreads, 0,
-                                             stream>>>(ws_acc, ws_ml, num_splits,
-                                                       static_cast<int>(p.head_dim),
-                                                       static_cast<T*>(p.out), p.lse);
+    // Programmatic stream serialization lets the merge grid be scheduled while kernel 1 runs; it
+    // waits (griddepcontrol.wait) for kernel 1 to finish before reading the workspace.
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(rows));
+    cfg.blockDim = dim3(kMergeThreads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    const A* ws_acc_c = ws_acc;
+    const A* ws_ml_c = ws_ml;
+    const int d = static_cast<int>(p.head_dim);
+    T* out = static_cast<T*>(p.out);
+    if (cudaLaunchKernelEx(&cfg, attn_detail::attention_merge_kernel<T>, ws_acc_c, ws_ml_c,
+                           num_splits, d, out, p.lse) != cudaSuccess) {
+      cudaGetLastError();  // fall back to a plain launch
+      attn_detail::attention_merge_kernel<T>
+          <<<static_cast<unsigned>(rows), kMergeThreads, 0, stream>>>(ws_acc_c, ws_ml_c, num_splits,
+                                                                      d, out, p.lse);
+    }
   }
   return attn_detail::launch_status();
 }
@@ -861,8 +925,8 @@ inline Status attention_backward(const AttentionParams& p, int64_t num_splits,
           attn_detail::vec_ok<T>(p.k, p.k_stride, p.head_dim) &&
           attn_detail::vec_ok<T>(p.v, p.v_stride, p.head_dim) &&
           attn_detail::vec_ok<T>(p.out, contiguous, p.head_dim) &&
-          attn_detail::vec_ok<T>(p.dout, contiguous, p.head_dim) &&
-          attn_detail::aligned16(p.dk) && attn_detail::aligned16(p.dv);
+          attn_detail::vec_ok<T>(p.dout, contiguous, p.head_dim) && attn_detail::aligned16(p.dk) &&
+          attn_detail::aligned16(p.dv);
   }
   const int g = attn_detail::group_lanes<T>(p.head_dim, vec);
   if constexpr (sizeof(T) < 8) {
