@@ -210,15 +210,16 @@ class ModelAdapterHF(ModelAdapter):
         """Answers every question of ``request`` (see the module docstring for the flow).
 
         ``generation_kwargs`` go to ``model.generate`` (default ``max_new_tokens=50``, greedy);
-        ``request_kwargs``: ``max_context_length`` (tokens) and ``truncation`` ("head" or
-        "middle"). Neither dict is modified.
+        ``request_kwargs``: ``max_context_length`` (tokens), ``truncation`` ("head" or
+        "middle"), ``batch_questions`` (answer all questions as one batch). Neither dict is
+        modified.
         """
         from transformers import DynamicCache
 
-        generation = {"max_new_tokens": 50, "do_sample": False}
-        generation.update(generation_kwargs or {})
-        generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        generation = self._generation(generation_kwargs)
         options = dict(request_kwargs or {})
+        if options.get("batch_questions"):
+            return self.process_requests([request], generation_kwargs, request_kwargs)[0]
         context_ids, questions = self._encode(request)
         context_ids = self._truncate(
             context_ids, options.get("max_context_length"), options.get("truncation", "head")
@@ -242,6 +243,79 @@ class ModelAdapterHF(ModelAdapter):
                 cache.crop(-extra)  # negative: the number of tokens to drop
         responses = answers[0] if isinstance(request.questions, str) else answers
         return RequestResponse(responses=responses)
+
+    def _generation(self, generation_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        generation = {"max_new_tokens": 50, "do_sample": False}
+        generation.update(generation_kwargs or {})
+        generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return generation
+
+    def process_requests(
+        self,
+        requests: List[Request],
+        generation_kwargs: Optional[Dict[str, Any]] = None,
+        request_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> List[RequestResponse]:
+        """Answers every question of every request as ONE batch.
+
+        The contexts are prefilled once each, together (left-padded); every question row then
+        continues from its request's context, with padding between context and question. The
+        maskers count only keys a query may see, so a row selects what it would alone (sizes
+        given as fractions use the padded key count).
+        """
+        from transformers import DynamicCache
+
+        generation = self._generation(generation_kwargs)
+        options = dict(request_kwargs or {})
+        encoded = []
+        for request in requests:
+            context_ids, questions = self._encode(request)
+            context_ids = self._truncate(
+                context_ids, options.get("max_context_length"), options.get("truncation", "head")
+            )
+            encoded.append((context_ids[0], [q[0] for q in questions]))
+        device = self._input_device()
+        pad = self.tokenizer.pad_token_id
+        contexts, context_mask = _pad_left([c for c, _ in encoded], pad)
+        rows = torch.tensor([r for r, (_, qs) in enumerate(encoded) for _ in qs])
+        questions, question_mask = _pad_left([q for _, qs in encoded for q in qs], pad)
+        contexts, context_mask = contexts.to(device), context_mask.to(device)
+        cache = DynamicCache(config=self.model.config)
+        with torch.no_grad(), self._dense_mode():
+            self.model(
+                input_ids=contexts,
+                attention_mask=context_mask,
+                position_ids=_positions(context_mask),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        cache.batch_select_indices(rows.to(device))
+        full = torch.cat([contexts[rows.to(device)], questions.to(device)], dim=1)
+        attention = torch.cat([context_mask[rows.to(device)], question_mask.to(device)], dim=1)
+        if self.setup == "A" and questions.shape[1] > 1:  # all but the last token dense
+            with torch.no_grad(), self._dense_mode():
+                self.model(
+                    input_ids=full[:, contexts.shape[1] : -1],
+                    attention_mask=attention[:, :-1],
+                    position_ids=_positions(attention[:, :-1])[:, contexts.shape[1] :],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        with torch.no_grad(), self._request_state({}), self._sparse_mode_if_configured():
+            out = self.model.generate(
+                input_ids=full, attention_mask=attention, past_key_values=cache, **generation
+            )
+        texts = self.tokenizer.batch_decode(out[:, full.shape[1] :], skip_special_tokens=True)
+        responses, start = [], 0
+        for request, (_, qs) in zip(requests, encoded):
+            answers = texts[start : start + len(qs)]
+            start += len(qs)
+            responses.append(
+                RequestResponse(answers[0] if isinstance(request.questions, str) else answers)
+            )
+        return responses
 
     def _answer(self, context_ids: Tensor, question_ids: Tensor, cache: Any, generation: Dict) -> str:
         full = torch.cat([context_ids, question_ids], dim=1)
@@ -292,3 +366,19 @@ def _croppable(cache: Any) -> bool:
     """Whether ``cache.crop`` can roll the cache back (sliding-window layers cannot)."""
     layers = getattr(cache, "layers", ())
     return hasattr(cache, "crop") and not any(hasattr(layer, "sliding_window") for layer in layers)
+
+
+def _pad_left(sequences: List[Tensor], pad: int) -> Tuple[Tensor, Tensor]:
+    """Stacks 1-D id tensors, left-padded, with their attention mask."""
+    width = max(len(x) for x in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, x in enumerate(sequences):
+        ids[i, width - len(x) :] = x
+        mask[i, width - len(x) :] = 1
+    return ids, mask
+
+
+def _positions(attention_mask: Tensor) -> Tensor:
+    """Position ids that skip padding (as ``generate`` derives them)."""
+    return (attention_mask.cumsum(-1) - 1).clamp_min(0)

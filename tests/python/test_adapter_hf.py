@@ -316,3 +316,22 @@ def test_architectures_sparse_keeping_every_key_equals_dense(arch):
     with ModelAdapterHF.from_model(model, tok, config) as sparse:
         got = sparse.process_request(request, {"max_new_tokens": 8}).responses
     assert got == want
+
+
+@pytest.mark.parametrize("setup", ["B", "A"])
+def test_batch_equals_one_by_one(tiny, setup):
+    """Questions of several requests (different context and question lengths) as one batch
+    give the answers each gets alone (integer masker sizes: fractions use the padded length)."""
+    model, tok = tiny
+    config = ResearchAttentionConfig([SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)])
+    requests = [
+        Request(context_text(n_words=90, seed=6), ["what is the secret code", "is it red"]),
+        Request(context_text(n_words=60, seed=7), "which dog is in the tree now"),
+    ]
+    with ModelAdapterHF.from_model(model, tok, config, setup=setup) as adapter:
+        alone = [adapter.process_request(r, {"max_new_tokens": 6}) for r in requests]
+        batched = adapter.process_requests(requests, {"max_new_tokens": 6})
+        one_request = adapter.process_request(requests[0], {"max_new_tokens": 6}, {"batch_questions": True})
+    assert [r.responses for r in batched] == [r.responses for r in alone]
+    assert one_request.responses == alone[0].responses
+    assert isinstance(batched[1].responses, str)
