@@ -1,0 +1,106 @@
+"""End-to-end decode speed with HF generate (target P9 of PERFORMANCE.md).
+
+An 8B-shaped Llama (random weights, bf16; 32 heads, 8 kv heads, d=128, 32 layers by default)
+is prefilled densely with a long context, then decodes a fixed number of tokens with each
+attention configuration; decode tokens/s (prefill excluded) are compared with dense SDPA in the
+same process.
+
+    python benchmarks/bench_e2e.py --context 32768 131072 --new-tokens 64
+    python benchmarks/bench_e2e.py --device cpu --layers 2 --hidden 256 --context 2048   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+import sparse_attention_hub  # noqa: F401
+from common import device_name, git_commit, write_json
+from sparse_attention_hub.adapters import AttentionRegistry
+from sparse_attention_hub.configs import NAMED
+from sparse_attention_hub.sparse_attention.research_attention import ResearchAttention
+
+
+def build_model(args, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.context) + 1024,
+        attn_implementation="sdpa",
+    )
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model.eval()
+
+
+def decode_tokens_per_s(model, cache, last_ids, n_new: int, device) -> float:
+    """Tokens/s of `n_new` greedy steps from `cache` (the prompt's last token not yet seen)."""
+    cache = copy.deepcopy(cache)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        sync()
+        start = time.perf_counter()
+        model.generate(
+            input_ids=last_ids, past_key_values=cache, max_new_tokens=n_new, min_new_tokens=n_new,
+            do_sample=False, attention_mask=torch.ones_like(last_ids),
+        )
+        sync()
+    return n_new / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--context", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--configs", nargs="+", default=["sink_local", "oracle_topk"])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=14336)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--out", default="bench_out/e2e.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    model = build_model(args, device, dtype)
+    registry = AttentionRegistry()
+    print(f"device: {device_name(device)}  layers {args.layers}  hidden {args.hidden}  {dtype}")
+    print(f"{'context':>8} {'config':>14} {'decode tok/s':>13} {'x dense':>8}")
+    rows = []
+    from transformers import DynamicCache
+
+    for n in args.context:
+        ids = torch.randint(0, args.vocab, (1, n), device=device)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        dense = decode_tokens_per_s(model, cache, ids, args.new_tokens, device)
+        print(f"{n:>8} {'dense SDPA':>14} {dense:>13.2f} {1.0:>8.2f}")
+        rows.append(dict(context=n, config="dense_sdpa", tokens_per_s=dense, ratio=1.0))
+        for name in args.configs:
+            attention = ResearchAttention.create_from_config(NAMED[name]())
+            attn_name = registry.register_sparse_attention(attention)
+            previous = registry.configure_model_attention(model, attn_name)
+            try:
+                tps = decode_tokens_per_s(model, cache, ids, args.new_tokens, device)
+            finally:
+                registry.restore_model_attention(model, previous)
+                registry.unregister_attention_function(attn_name)
+            print(f"{n:>8} {name:>14} {tps:>13.2f} {tps / dense:>8.2f}")
+            rows.append(dict(context=n, config=name, tokens_per_s=tps, ratio=tps / dense))
+        del cache
+    meta = dict(device=device_name(device), torch=torch.__version__, commit=git_commit(),
+                layers=args.layers, hidden=args.hidden, new_tokens=args.new_tokens)
+    write_json(args.out, meta, rows)
+
+
+if __name__ == "__main__":
+    main()
