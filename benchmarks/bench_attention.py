@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import Timer, copy_bandwidth_gbs, device_name, git_commit, write_json
 
 import sparse_attention_hub  # noqa: F401
-from common import Timer, copy_bandwidth_gbs, device_name, git_commit, write_json
 from sparse_attention_hub import ops
 
 
@@ -49,7 +49,10 @@ def main() -> None:
     h, hkv, d = args.heads, args.kv_heads, args.head_dim
     esize = torch.finfo(dtype).bits // 8
     print(f"device: {device_name(device)}  dtype: {dtype}  copy bandwidth: {copy_gbs:.0f} GB/s")
-    print(f"{'batch':>5} {'keys':>7} {'config':>14} {'ms':>8} {'x dense':>8} {'GB/s':>8} {'% copy':>7}")
+    print(
+        f"{'batch':>5} {'keys':>7} {'config':>14} {'ms':>8} {'x dense':>8} {'GB/s':>8} "
+        f"{'% copy':>7}"
+    )
     rows = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     for b in args.batch:
@@ -60,10 +63,22 @@ def main() -> None:
             dense_ms = timer(lambda: sdpa(q, k, v, enable_gqa=True))
             dense_bytes = 2 * b * hkv * sk * d * esize
             dense_gbs = dense_bytes / (dense_ms * 1e-3) / 1e9
-            print(f"{b:>5} {sk:>7} {'dense SDPA':>14} {dense_ms:>8.4f} {1.0:>8.2f} "
-                  f"{dense_gbs:>8.0f} {100 * dense_gbs / copy_gbs:>6.0f}%")
-            rows.append(dict(batch=b, keys=sk, config="dense_sdpa", density=1.0, ms=dense_ms,
-                             ratio_vs_dense=1.0, gbs=dense_gbs, pct_copy=dense_gbs / copy_gbs))
+            print(
+                f"{b:>5} {sk:>7} {'dense SDPA':>14} {dense_ms:>8.4f} {1.0:>8.2f} "
+                f"{dense_gbs:>8.0f} {100 * dense_gbs / copy_gbs:>6.0f}%"
+            )
+            rows.append(
+                dict(
+                    batch=b,
+                    keys=sk,
+                    config="dense_sdpa",
+                    density=1.0,
+                    ms=dense_ms,
+                    ratio_vs_dense=1.0,
+                    gbs=dense_gbs,
+                    pct_copy=dense_gbs / copy_gbs,
+                )
+            )
             for density in args.density:
                 n = max(1, int(density * sk))
                 idx, pr = random_rows(b, h, sk, n, device, gen)
@@ -71,14 +86,32 @@ def main() -> None:
                 nbytes = b * h * n * (2 * d * esize + 8)
                 gbs = nbytes / (ms * 1e-3) / 1e9
                 name = f"sparse {density:.0%}"
-                print(f"{b:>5} {sk:>7} {name:>14} {ms:>8.4f} {ms / dense_ms:>8.2f} "
-                      f"{gbs:>8.0f} {100 * gbs / copy_gbs:>6.0f}%")
-                rows.append(dict(batch=b, keys=sk, config="sparse_attention", density=density,
-                                 ms=ms, ratio_vs_dense=ms / dense_ms, gbs=gbs,
-                                 pct_copy=gbs / copy_gbs))
-            del q, k, v
-    meta = dict(device=device_name(device), torch=torch.__version__, commit=git_commit(),
-                dtype=str(dtype), heads=h, kv_heads=hkv, head_dim=d, copy_gbs=copy_gbs)
+                print(
+                    f"{b:>5} {sk:>7} {name:>14} {ms:>8.4f} {ms / dense_ms:>8.2f} "
+                    f"{gbs:>8.0f} {100 * gbs / copy_gbs:>6.0f}%"
+                )
+                rows.append(
+                    dict(
+                        batch=b,
+                        keys=sk,
+                        config="sparse_attention",
+                        density=density,
+                        ms=ms,
+                        ratio_vs_dense=ms / dense_ms,
+                        gbs=gbs,
+                        pct_copy=gbs / copy_gbs,
+                    )
+                )
+    meta = dict(
+        device=device_name(device),
+        torch=torch.__version__,
+        commit=git_commit(),
+        dtype=str(dtype),
+        heads=h,
+        kv_heads=hkv,
+        head_dim=d,
+        copy_gbs=copy_gbs,
+    )
     write_json(args.out, meta, rows)
 
 

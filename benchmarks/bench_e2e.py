@@ -16,9 +16,9 @@ import copy
 import time
 
 import torch
+from common import device_name, git_commit, write_json
 
 import sparse_attention_hub  # noqa: F401
-from common import device_name, git_commit, write_json
 from sparse_attention_hub.adapters import AttentionRegistry
 from sparse_attention_hub.configs import NAMED
 from sparse_attention_hub.sparse_attention.research_attention import ResearchAttention
@@ -28,9 +28,13 @@ def build_model(args, device, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.context) + 1024,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(args.context) + 1024,
         attn_implementation="sdpa",
     )
     with torch.device(device):
@@ -46,8 +50,12 @@ def decode_tokens_per_s(model, cache, last_ids, n_new: int, device) -> float:
         sync()
         start = time.perf_counter()
         model.generate(
-            input_ids=last_ids, past_key_values=cache, max_new_tokens=n_new, min_new_tokens=n_new,
-            do_sample=False, attention_mask=torch.ones_like(last_ids),
+            input_ids=last_ids,
+            past_key_values=cache,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            attention_mask=torch.ones_like(last_ids),
         )
         sync()
     return n_new / (time.perf_counter() - start)
@@ -97,8 +105,14 @@ def main() -> None:
             print(f"{n:>8} {name:>14} {tps:>13.2f} {tps / dense:>8.2f}")
             rows.append(dict(context=n, config=name, tokens_per_s=tps, ratio=tps / dense))
         del cache
-    meta = dict(device=device_name(device), torch=torch.__version__, commit=git_commit(),
-                layers=args.layers, hidden=args.hidden, new_tokens=args.new_tokens)
+    meta = dict(
+        device=device_name(device),
+        torch=torch.__version__,
+        commit=git_commit(),
+        layers=args.layers,
+        hidden=args.hidden,
+        new_tokens=args.new_tokens,
+    )
     write_json(args.out, meta, rows)
 
 

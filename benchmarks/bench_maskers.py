@@ -16,9 +16,9 @@ import argparse
 from typing import Callable, Dict, List, Optional
 
 import torch
+from common import Timer, device_name, git_commit, write_json
 
 import sparse_attention_hub  # noqa: F401
-from common import Timer, device_name, git_commit, write_json
 from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttention,
     ResearchAttentionConfig,
@@ -84,7 +84,10 @@ def main() -> None:
     scale = d**-0.5
     sdpa = torch.nn.functional.scaled_dot_product_attention
     print(f"device: {device_name(device)}  dtype: {dtype}  batch {b}, heads {h}/{hkv}, d {d}")
-    print(f"{'keys':>7} {'config':>28} {'ms':>9} {'x dense':>8} {'x reference':>11} {'transient MB':>12}")
+    print(
+        f"{'keys':>7} {'config':>28} {'ms':>9} {'x dense':>8} {'x reference':>11} "
+        f"{'transient MB':>12}"
+    )
     rows = []
     for n in args.keys:
         q = torch.randn(b, h, 1, d, device=device, dtype=dtype, generator=gen)
@@ -107,15 +110,33 @@ def main() -> None:
                 topk = 0.05 if "topk" in name else None
                 ref_ms = timer(lambda: reference_way(q, k, v, scale, 128, 128, topk))
             label = f"{name} (ref way)"
-            print(f"{n:>7} {name:>28} {ms:>9.4f} {ms / dense_ms:>8.2f} {ms / ref_ms:>11.3f} {mem:>12.1f}")
+            print(
+                f"{n:>7} {name:>28} {ms:>9.4f} {ms / dense_ms:>8.2f} {ms / ref_ms:>11.3f} "
+                f"{mem:>12.1f}"
+            )
             if ref_ms == ref_ms:
-                print(f"{n:>7} {label:>28} {ref_ms:>9.4f} {ref_ms / dense_ms:>8.2f} {1.0:>11.3f} {'':>12}")
-            rows.append(dict(keys=n, config=name, ms=ms, ratio_vs_dense=ms / dense_ms,
-                             reference_ms=ref_ms, ratio_vs_reference=ms / ref_ms,
-                             transient_mb=mem))
-        del q, k, v
-    meta = dict(device=device_name(device), torch=torch.__version__, commit=git_commit(),
-                dtype=str(dtype), batch=b, heads=h, kv_heads=hkv, head_dim=d)
+                print(f"{n:>7} {label:>28} {ref_ms:>9.4f} {ref_ms / dense_ms:>8.2f} {1.0:>11.3f}")
+            rows.append(
+                dict(
+                    keys=n,
+                    config=name,
+                    ms=ms,
+                    ratio_vs_dense=ms / dense_ms,
+                    reference_ms=ref_ms,
+                    ratio_vs_reference=ms / ref_ms,
+                    transient_mb=mem,
+                )
+            )
+    meta = dict(
+        device=device_name(device),
+        torch=torch.__version__,
+        commit=git_commit(),
+        dtype=str(dtype),
+        batch=b,
+        heads=h,
+        kv_heads=hkv,
+        head_dim=d,
+    )
     write_json(args.out, meta, rows)
 
 

@@ -29,7 +29,9 @@ def git_commit() -> str:
 class Timer:
     """Median wall time of a callable; on CUDA with events and an L2 flush before each run."""
 
-    def __init__(self, device: torch.device, repeats: int = 30, warmup: int = 5, flush_l2: bool = True):
+    def __init__(
+        self, device: torch.device, repeats: int = 30, warmup: int = 5, flush_l2: bool = True
+    ):
         self.device, self.repeats, self.warmup = device, repeats, warmup
         self.flush = (
             torch.empty(256 * 2**20, dtype=torch.uint8, device=device)

@@ -2,8 +2,10 @@
 
 import torch  # noqa: F401  (loads libtorch before the operator library)
 
-from sparse_attention_hub import _C  # noqa: F401  (registers torch.ops.sah.*)
-from sparse_attention_hub import ops
+from sparse_attention_hub import (
+    _C,  # noqa: F401  (registers torch.ops.sah.*)
+    ops,
+)
 
 __all__ = ["ops"]
 __version__ = "0.1.0"

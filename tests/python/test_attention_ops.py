@@ -168,7 +168,9 @@ def test_noncontiguous_query_and_head_major_layout(device):
 def test_sparse_attention_gradcheck(hkv):
     gen = torch.Generator().manual_seed(6)
     b, h, sq, sk, d = 2, 4, 2, 9, 6
-    q, k, v = (t.requires_grad_() for t in make_qkv(b, h, hkv, sq, sk, d, torch.float64, "cpu", gen))
+    q, k, v = (
+        t.requires_grad_() for t in make_qkv(b, h, hkv, sq, sk, d, torch.float64, "cpu", gen)
+    )
     idx, pr, _ = random_rows(b, h, sq, sk, 0.5, 7, gen, empty_rows=True)
     mask = causal_mask(b, sq, sk, torch.float64, "additive")
     assert torch.autograd.gradcheck(
@@ -287,11 +289,16 @@ def _good(device="cpu"):
         (lambda a: a.update(probs=a["probs"].half()), "probs must be float32"),
         (lambda a: a.update(probs=a["probs"][..., :3]), "indices shape .* must equal probs shape"),
         (
-            lambda a: a.update(k=a["k"].repeat(1, 2, 1, 1)[:, :3], v=a["v"].repeat(1, 2, 1, 1)[:, :3]),
+            lambda a: a.update(
+                k=a["k"].repeat(1, 2, 1, 1)[:, :3], v=a["v"].repeat(1, 2, 1, 1)[:, :3]
+            ),
             "must be a multiple of kv heads 3",
         ),
         (lambda a: a.update(v=a["v"][..., :4]), "key and value must have the same shape"),
-        (lambda a: a["indices"].__setitem__((0, 0, 0, 0), 10), r"indices must lie in \[0, k_len=10\)"),
+        (
+            lambda a: a["indices"].__setitem__((0, 0, 0, 0), 10),
+            r"indices must lie in \[0, k_len=10\)",
+        ),
         (lambda a: a["indices"].__setitem__((0, 0, 0, 0), -2), r"indices must lie in"),
     ],
 )

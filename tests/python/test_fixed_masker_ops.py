@@ -8,9 +8,10 @@ the forbidden positions must be empty in ours.
 
 import pytest
 import torch
-
 from reference import causal_additive, ref_local, ref_sink, ref_topk, ref_topp
+
 from sparse_attention_hub import ops
+
 
 def to_rows(dense):
     return ops.dense_to_rows(dense.float().contiguous())
@@ -111,7 +112,9 @@ def test_oracle_topk_ties_prefer_lower_index(device):
     q = torch.ones(1, 1, 1, 4)
     k = torch.ones(1, 1, 10, 4)  # every score ties
     pi, pp = empty_rows(1, 1, 1)
-    idx, _ = torch.ops.sah.oracle_topk_mask(q.to(device), k.to(device), pi.to(device), pp.to(device), None, 3)
+    idx, _ = torch.ops.sah.oracle_topk_mask(
+        q.to(device), k.to(device), pi.to(device), pp.to(device), None, 3
+    )
     assert idx.cpu().flatten().tolist() == [0, 1, 2]
 
 
@@ -135,7 +138,11 @@ def test_oracle_topp_matches_reference(device, top_p, sq, sk, with_prev):
 
 @pytest.mark.parametrize(
     "values,top_p,tau",
-    [([0.1, 0.3, 0.2, 0.4, 0.1], 0.8, 0.2), ([0.1, 0.3, 0.2], 0.6, 0.2), ([0.2, 0.1, 0.5], 0.6, 0.5)],
+    [
+        ([0.1, 0.3, 0.2, 0.4, 0.1], 0.8, 0.2),
+        ([0.1, 0.3, 0.2], 0.6, 0.2),
+        ([0.2, 0.1, 0.5], 0.6, 0.5),
+    ],
 )
 def test_oracle_topp_documented_thresholds(device, values, top_p, tau):
     """Scores log(v) give exp-mass proportional to v: the reference's pinned thresholds."""
@@ -143,7 +150,9 @@ def test_oracle_topp_documented_thresholds(device, values, top_p, tau):
     q = torch.ones(1, 1, 1, 1)
     k = torch.log(torch.tensor(values)).view(1, 1, n, 1)
     pi, pp = empty_rows(1, 1, 1)
-    idx, _ = torch.ops.sah.oracle_topp_mask(q.to(device), k.to(device), pi.to(device), pp.to(device), None, top_p, 1.0)
+    idx, _ = torch.ops.sah.oracle_topp_mask(
+        q.to(device), k.to(device), pi.to(device), pp.to(device), None, top_p, 1.0
+    )
     chosen = sorted(i for i in idx.cpu().flatten().tolist() if i >= 0)
     assert chosen == [i for i, v in enumerate(values) if v >= tau - 1e-7]
 
@@ -197,7 +206,9 @@ def test_bad_inputs():
     with pytest.raises(RuntimeError, match="attention_mask must have at least num_keys 6"):
         torch.ops.sah.local_mask(pi, pp, torch.zeros(1, 1, 1, 3), 6, 2)
     with pytest.raises(RuntimeError, match="top_p must be in"):
-        torch.ops.sah.oracle_topp_mask(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 6, 4), pi, pp, None, 1.5, 1.0)
+        torch.ops.sah.oracle_topp_mask(
+            torch.randn(1, 2, 1, 4), torch.randn(1, 2, 6, 4), pi, pp, None, 1.5, 1.0
+        )
     bad = torch.tensor([[[[3, 1]], [[0, 1]]]], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="strictly ascending"):
         torch.ops.sah.sink_mask(bad, torch.ones(1, 2, 1, 2), None, 6, 2)

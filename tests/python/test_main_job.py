@@ -20,8 +20,16 @@ from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed impo
 
 def test_config_files_and_names(tmp_path):
     path = tmp_path / "cfg.json"
-    path.write_text(json.dumps({"maskers": [{"type": "SinkMaskerConfig", "sink_size": 8},
-                                            {"type": "LocalMaskerConfig", "window_size": 0.1}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "maskers": [
+                    {"type": "SinkMaskerConfig", "sink_size": 8},
+                    {"type": "LocalMaskerConfig", "window_size": 0.1},
+                ]
+            }
+        )
+    )
     cfg = load_config(str(path))
     assert cfg.masker_configs == [SinkMaskerConfig(8), LocalMaskerConfig(0.1)]
     assert load_config("dense") is None
@@ -43,17 +51,44 @@ def test_passkey_document_states_the_passkey_once():
 
 def test_main_runs_dense_and_sparse_on_a_local_model(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = LlamaConfig(
+        vocab_size=len(WORDS) + 4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     make_tokenizer().save_pretrained(tmp_path / "tiny")
-    monkeypatch.setattr(sys, "argv", ["sah", "--model", str(tmp_path / "tiny"), "--device", "cpu",
-                                      "--configs", "dense", "sink_local", "--sentences", "40",
-                                      "--max-new-tokens", "4"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "sah",
+            "--model",
+            str(tmp_path / "tiny"),
+            "--device",
+            "cpu",
+            "--configs",
+            "dense",
+            "sink_local",
+            "--sentences",
+            "40",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     main_job.main()
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("dense ", "sink_local "))}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.startswith(("dense ", "sink_local "))
+    }
     assert set(rows) == {"dense", "sink_local"}
     assert float(rows["dense"][2]) == 1.0
     assert 0.0 < float(rows["sink_local"][2]) < 0.5  # real sparsity was measured

@@ -102,8 +102,12 @@ def test_compile_fullgraph_union_then_attention(device):
         q = torch.randn(1, 2, 1, 8, generator=gen).to(device)
         k = torch.randn(1, 1, sk, 8, generator=gen).to(device)
         v = torch.randn(1, 1, sk, 8, generator=gen).to(device)
-        ia, pa = (t.to(device) for t in reference_to_rows(random_dense((1, 2, 1), sk, 0.3, gen), sk))
-        ib, pb = (t.to(device) for t in reference_to_rows(random_dense((1, 2, 1), sk, 0.3, gen), sk))
+        ia, pa = (
+            t.to(device) for t in reference_to_rows(random_dense((1, 2, 1), sk, 0.3, gen), sk)
+        )
+        ib, pb = (
+            t.to(device) for t in reference_to_rows(random_dense((1, 2, 1), sk, 0.3, gen), sk)
+        )
         got, want = compiled(q, k, v, ia, pa, ib, pb), step(q, k, v, ia, pa, ib, pb)
         torch.testing.assert_close(got[0], want[0])
         assert torch.equal(got[1], want[1])

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 import torch._dynamo.testing
-
 from reference import (
     causal_additive,
     ref_local,
@@ -15,6 +14,7 @@ from reference import (
     ref_topk,
     ref_topp,
 )
+
 from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttention,
     ResearchAttentionConfig,
@@ -116,12 +116,18 @@ def test_chain_outputs_and_masks_match_reference(device, chain, b, h, hkv, sq, s
 
 def test_weights_on_request_match_reference():
     gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(1, 2, 2, 8, generator=gen), torch.randn(1, 1, 30, 8, generator=gen), torch.randn(1, 1, 30, 8, generator=gen)
+    q, k, v = (
+        torch.randn(1, 2, 2, 8, generator=gen),
+        torch.randn(1, 1, 30, 8, generator=gen),
+        torch.randn(1, 1, 30, 8, generator=gen),
+    )
     additive, _ = causal_additive(1, 2, 30)
     attention = ResearchAttention.create_from_config(
         ResearchAttentionConfig([SinkMaskerConfig(2), LocalMaskerConfig(4)])
     )
-    out, w = attention.custom_attention(None, q, k, v, additive, 0.3, 0.0, {}, output_attentions=True)
+    out, w = attention.custom_attention(
+        None, q, k, v, additive, 0.3, 0.0, {}, output_attentions=True
+    )
     mask = reference_chain(attention.sparse_attention_config.masker_configs, q, k, additive, 0.3)
     assert w.shape == (1, 2, 2, 30)
     torch.testing.assert_close(w.sum(-1), torch.ones(1, 2, 2))
@@ -155,14 +161,22 @@ def test_padded_static_cache_keys_are_never_selected(device):
 
 def test_bool_attention_mask_equals_additive(device):
     gen = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(2, 4, 3, 8, generator=gen), torch.randn(2, 2, 50, 8, generator=gen), torch.randn(2, 2, 50, 8, generator=gen))
+    q, k, v = (
+        torch.randn(2, 4, 3, 8, generator=gen),
+        torch.randn(2, 2, 50, 8, generator=gen),
+        torch.randn(2, 2, 50, 8, generator=gen),
+    )
     additive, allowed = causal_additive(2, 3, 50)
     attention = ResearchAttention.create_from_config(
         ResearchAttentionConfig([SinkMaskerConfig(3), LocalMaskerConfig(5), OracleTopKConfig(4)])
     )
-    a = attention.custom_attention(None, *(t.to(device) for t in (q, k, v, additive)), 0.3, 0.0, {})[0]
+    a = attention.custom_attention(
+        None, *(t.to(device) for t in (q, k, v, additive)), 0.3, 0.0, {}
+    )[0]
     boolean = allowed.expand(2, 1, 3, 50).to(device)
-    c = attention.custom_attention(None, q.to(device), k.to(device), v.to(device), boolean, 0.3, 0.0, {})[0]
+    c = attention.custom_attention(
+        None, q.to(device), k.to(device), v.to(device), boolean, 0.3, 0.0, {}
+    )[0]
     torch.testing.assert_close(a, c)
 
 
@@ -243,12 +257,18 @@ def test_at_most_one_sampling_masker():
 
 def test_no_maskers_is_dense_attention_and_module_none():
     gen = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(1, 4, 2, 8, generator=gen), torch.randn(1, 2, 9, 8, generator=gen), torch.randn(1, 2, 9, 8, generator=gen)
+    q, k, v = (
+        torch.randn(1, 4, 2, 8, generator=gen),
+        torch.randn(1, 2, 9, 8, generator=gen),
+        torch.randn(1, 2, 9, 8, generator=gen),
+    )
     additive, _ = causal_additive(1, 2, 9)
     out, _ = ResearchAttention(ResearchAttentionConfig([]), []).custom_attention(
         None, q, k, v, additive, 0.5, 0.0, sparse_meta_data={}
     )
-    torch.testing.assert_close(out.double(), ref_masked_attention(q, k, v, additive, 0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out.double(), ref_masked_attention(q, k, v, additive, 0.5), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_input_mask_is_not_mutated():
@@ -259,7 +279,9 @@ def test_input_mask_is_not_mutated():
     before = prev.get_dense_mask().clone()
     q, k = torch.randn(1, 1, 1, 4), torch.randn(1, 1, 20, 4)
     for cfg in (SinkMaskerConfig(2), LocalMaskerConfig(3), OracleTopKConfig(2)):
-        out = ResearchMasker.create_masker_from_config(cfg).add_mask(k, q, k, None, 1.0, 0.0, {}, prev)
+        out = ResearchMasker.create_masker_from_config(cfg).add_mask(
+            k, q, k, None, 1.0, 0.0, {}, prev
+        )
         assert torch.equal(prev.get_dense_mask(), before)
         assert out.get_dense_mask()[0, 0, 0, 15] == 0.5
     assert torch.equal(dense, before)

@@ -72,7 +72,9 @@ class ModelServer(ABC):
 
     def get_model(self, model_name: str, device: Optional[str], model_kwargs: Dict) -> Any:
         key = _key(model_name, device, model_kwargs)
-        return self._get(self._models, key, lambda: self._create_model(model_name, device, model_kwargs))
+        return self._get(
+            self._models, key, lambda: self._create_model(model_name, device, model_kwargs)
+        )
 
     def clear_model(self, model_name: str, device: Optional[str], model_kwargs: Dict) -> bool:
         """Releases one reference; the model is dropped when none remain."""

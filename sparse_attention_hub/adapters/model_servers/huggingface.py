@@ -11,7 +11,10 @@ from .base import ModelServer
 def split_gguf(name: str, kwargs: Dict) -> Tuple[str, Dict]:
     """A path to a ``.gguf`` file becomes (its folder, kwargs + ``gguf_file``)."""
     if name.endswith(".gguf") and "gguf_file" not in kwargs:
-        return os.path.dirname(os.path.abspath(name)), {**kwargs, "gguf_file": os.path.basename(name)}
+        return os.path.dirname(os.path.abspath(name)), {
+            **kwargs,
+            "gguf_file": os.path.basename(name),
+        }
     return name, kwargs
 
 

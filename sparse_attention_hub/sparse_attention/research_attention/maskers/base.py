@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 
@@ -113,7 +113,6 @@ class ResearchMasker(ABC):
     def __init__(self, config: MaskerConfig) -> None:
         self.config = config
 
-    @abstractmethod
     def add_mask(
         self,
         keys: Tensor,
@@ -126,7 +125,39 @@ class ResearchMasker(ABC):
         previous_mask: Mask,
         **kwargs: Any,
     ) -> Mask:
-        """Returns the union of ``previous_mask`` and this masker's picks (never mutates it)."""
+        """Returns the union of ``previous_mask`` and this masker's picks (never mutates it).
+
+        A FULL previous mask is returned as is; when :meth:`_covers_all` says the sequence is
+        short enough, a new FULL mask; otherwise :meth:`_select` runs on the row form.
+        """
+        if previous_mask.is_full_mask():
+            return previous_mask
+        dims = self._extract_tensor_dimensions(keys, queries)
+        if self._covers_all(dims):
+            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
+        indices, probs = previous_mask.get_rows()
+        indices, probs = self._select(
+            indices,
+            probs,
+            keys=keys,
+            queries=queries,
+            values=values,
+            attention_mask=padding_or_4d_mask(attention_mask, dims.seq_len_keys),
+            scaling=scaling,
+            sparse_meta_data=sparse_meta_data,
+            **kwargs,
+        )
+        return self._rows_mask(previous_mask, indices, probs)
+
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
+        """Whether this masker would select every key (then attention is dense)."""
+        return False
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        """The union of the previous rows and this masker's picks, in row form."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _select or add_mask")
 
     @classmethod
     @abstractmethod

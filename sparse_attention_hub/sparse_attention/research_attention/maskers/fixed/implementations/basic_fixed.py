@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import FixedMasker, FixedMaskerConfig
 
 Tensor = torch.Tensor
@@ -40,36 +40,23 @@ class SinkMaskerConfig(FixedMaskerConfig):
 
 @MaskerRegistry.register(LocalMaskerConfig)
 class LocalMasker(FixedMasker):
-    """Sliding window: keys ``p - w + 1 .. p`` for the query at absolute position ``p``."""
+    """Sliding window: the last ``w`` keys each query may see, itself included (keys
+    ``p - w + 1 .. p`` for the query at position ``p`` of an unpadded causal sequence)."""
 
     def __init__(self, config: LocalMaskerConfig) -> None:
         super().__init__(config)
         self.window_size = config.window_size
 
-    def add_mask(
-        self,
-        keys: Tensor,
-        queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
-        **kwargs: Any,
-    ) -> Mask:
-        if previous_mask.is_full_mask():
-            return previous_mask
-        dims = self._extract_tensor_dimensions(keys, queries)
-        n = dims.seq_len_keys
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
+        w = self._calculate_effective_size(self.window_size, dims.seq_len_keys)
+        return dims.seq_len_keys <= w + dims.seq_len_queries
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        n = keys.shape[2]
         w = self._calculate_effective_size(self.window_size, n)
-        if n <= w + dims.seq_len_queries:
-            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.local_mask(
-            indices, probs, padding_or_4d_mask(attention_mask, n), n, w
-        )
-        return self._rows_mask(previous_mask, indices, probs)
+        return torch.ops.sah.local_mask(indices, probs, context["attention_mask"], n, w)
 
     @classmethod
     def create_from_config(cls, config: LocalMaskerConfig) -> "LocalMasker":
@@ -92,7 +79,7 @@ class CausalMasker(FixedMasker):
         previous_mask: Mask,
         **kwargs: Any,
     ) -> Mask:
-        return previous_mask
+        return previous_mask  # the same object: an EMPTY mask stays EMPTY (= dense)
 
     @classmethod
     def create_from_config(cls, config: FixedMaskerConfig) -> "CausalMasker":
@@ -101,36 +88,22 @@ class CausalMasker(FixedMasker):
 
 @MaskerRegistry.register(SinkMaskerConfig)
 class SinkMasker(FixedMasker):
-    """Attention sinks: the first ``s`` keys (those at or before the query's position)."""
+    """Attention sinks: the first ``s`` keys each query may see."""
 
     def __init__(self, config: SinkMaskerConfig) -> None:
         super().__init__(config)
         self.sink_size = config.sink_size
 
-    def add_mask(
-        self,
-        keys: Tensor,
-        queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
-        **kwargs: Any,
-    ) -> Mask:
-        if previous_mask.is_full_mask():
-            return previous_mask
-        dims = self._extract_tensor_dimensions(keys, queries)
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         n = dims.seq_len_keys
+        return n <= self._calculate_effective_size(self.sink_size, n)
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        n = keys.shape[2]
         s = self._calculate_effective_size(self.sink_size, n)
-        if n <= s:
-            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.sink_mask(
-            indices, probs, padding_or_4d_mask(attention_mask, n), n, s
-        )
-        return self._rows_mask(previous_mask, indices, probs)
+        return torch.ops.sah.sink_mask(indices, probs, context["attention_mask"], n, s)
 
     @classmethod
     def create_from_config(cls, config: SinkMaskerConfig) -> "SinkMasker":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Tuple
 
 import torch
 
-from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import TopKMasker, TopKMaskerConfig
 
 Tensor = torch.Tensor
@@ -35,30 +34,18 @@ class OracleTopK(TopKMasker):
         super().__init__(config)
         self.heavy_size = config.heavy_size
 
-    def add_mask(
-        self,
-        keys: Tensor,
-        queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
-        **kwargs: Any,
-    ) -> Mask:
-        if previous_mask.is_full_mask():
-            return previous_mask
-        dims = self._extract_tensor_dimensions(keys, queries)
-        n = dims.seq_len_keys
-        k = self._calculate_effective_size(self.heavy_size, n)
-        if n <= k:
-            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.oracle_topk_mask(
-            queries, keys, indices, probs, padding_or_4d_mask(attention_mask, n), k
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
+        return dims.seq_len_keys <= self._calculate_effective_size(
+            self.heavy_size, dims.seq_len_keys
         )
-        return self._rows_mask(previous_mask, indices, probs)
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        k = self._calculate_effective_size(self.heavy_size, keys.shape[2])
+        return torch.ops.sah.oracle_topk_mask(
+            queries, keys, indices, probs, context["attention_mask"], k
+        )
 
     @classmethod
     def create_from_config(cls, config: OracleTopKConfig) -> "OracleTopK":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Tuple
 
 import torch
 
-from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import TopPMasker, TopPMaskerConfig
 
 Tensor = torch.Tensor
@@ -35,35 +34,22 @@ class OracleTopPMasker(TopPMasker):
         super().__init__(config)
         self.top_p = config.top_p
 
-    def add_mask(
-        self,
-        keys: Tensor,
-        queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
-        **kwargs: Any,
-    ) -> Mask:
-        if previous_mask.is_full_mask():
-            return previous_mask
-        dims = self._extract_tensor_dimensions(keys, queries)
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         n = dims.seq_len_keys
-        if n <= self._calculate_effective_size(float(self.top_p), n):
-            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.oracle_topp_mask(
+        return n <= self._calculate_effective_size(float(self.top_p), n)
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        return torch.ops.sah.oracle_topp_mask(
             queries,
             keys,
             indices,
             probs,
-            padding_or_4d_mask(attention_mask, n),
+            context["attention_mask"],
             float(self.top_p),
-            float(scaling),
+            float(context["scaling"]),
         )
-        return self._rows_mask(previous_mask, indices, probs)
 
     @classmethod
     def create_from_config(cls, config: OracleTopPMaskerConfig) -> "OracleTopPMasker":
