@@ -114,6 +114,10 @@ TORCH_LIBRARY_IMPL(sah, Autograd, m) {
   m.impl("local_mask", torch::CppFunction::makeFallthrough());
   m.impl("oracle_topk_mask", torch::CppFunction::makeFallthrough());
   m.impl("oracle_topp_mask", torch::CppFunction::makeFallthrough());
+  m.impl("random_sampling_mask", torch::CppFunction::makeFallthrough());
+  m.impl("adaptive_sampling_mask", torch::CppFunction::makeFallthrough());
+  m.impl("magicpig_mask", torch::CppFunction::makeFallthrough());
+  m.impl("fill_lsh_projections", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace sah
