@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import SamplingMasker, SamplingMaskerConfig
 from .seeding import check_seed, layer_index, resolve_seed
 
@@ -127,32 +127,42 @@ class AdaptiveSamplingMasker(SamplingMasker):
         previous_mask: Mask,
         **kwargs: Any,
     ) -> Mask:
-        if previous_mask.is_full_mask():
+        if self.base_rate_sampling == 0:  # the reference returns the previous mask itself
             return previous_mask
-        if self.base_rate_sampling == 0:
-            return previous_mask
-        dims = self._extract_tensor_dimensions(keys, queries)
-        n = dims.seq_len_keys
-        start, end, sampling_range = self._get_sampling_range(n)
-        if sampling_range < 2:
-            return self._create_full_mask(dims, previous_mask.dtype, previous_mask.device)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.adaptive_sampling_mask(
+        return super().add_mask(
+            keys,
+            queries,
+            values,
+            attention_mask,
+            scaling,
+            dropout,
+            sparse_meta_data,
+            previous_mask,
+            **kwargs,
+        )
+
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
+        return self._get_sampling_range(dims.seq_len_keys)[2] < 2
+
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
+        start, end, sampling_range = self._get_sampling_range(keys.shape[2])
+        return torch.ops.sah.adaptive_sampling_mask(
             queries,
             keys,
             indices,
             probs,
-            padding_or_4d_mask(attention_mask, n),
-            float(scaling),
+            context["attention_mask"],
+            float(context["scaling"]),
             self._get_base_sample_count(sampling_range),
             float(self.epsilon),
             self.delta_ppf,
             start,
             end,
             resolve_seed(self.seed),
-            layer_index(kwargs),
+            layer_index(context),
         )
-        return self._rows_mask(previous_mask, indices, probs)
 
     @classmethod
     def create_from_config(cls, config: AdaptiveSamplingMaskerConfig) -> "AdaptiveSamplingMasker":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import MaskerRegistry
 from ..base import SamplingMasker, SamplingMaskerConfig
 from .seeding import check_seed, layer_index, resolve_seed
 
@@ -47,33 +46,19 @@ class RandomSamplingMasker(SamplingMasker):
         self.sampling_rate = config.sampling_rate
         self.seed = config.seed
 
-    def add_mask(
-        self,
-        keys: Tensor,
-        queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
-        **kwargs: Any,
-    ) -> Mask:
-        if previous_mask.is_full_mask():
-            return previous_mask
+    def _select(
+        self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
+    ) -> Tuple[Tensor, Tensor]:
         n = keys.shape[2]
-        num_samples = torch.sym_int(self.sampling_rate * n)
-        indices, probs = previous_mask.get_rows()
-        indices, probs = torch.ops.sah.random_sampling_mask(
+        return torch.ops.sah.random_sampling_mask(
             indices,
             probs,
-            padding_or_4d_mask(attention_mask, n),
+            context["attention_mask"],
             n,
-            num_samples,
+            torch.sym_int(self.sampling_rate * n),
             resolve_seed(self.seed),
-            layer_index(kwargs),
+            layer_index(context),
         )
-        return self._rows_mask(previous_mask, indices, probs)
 
     @classmethod
     def create_from_config(cls, config: RandomSamplingMaskerConfig) -> "RandomSamplingMasker":
