@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
-
-# (subpackage, attention class): configs of type ``<class>Config`` route to
-# ``<class>.create_from_config``.
-_ROUTES = (
-    ("research_attention", "ResearchAttention"),
-    ("efficient_attention", "EfficientAttention"),
-)
-
-
-def _optional_subpackage(name: str) -> Optional[ModuleType]:
-    """The subpackage ``name`` of this package, or None while it does not exist yet."""
-    qualified = f"{__package__}.{name}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError as error:
-        if error.name != qualified:
-            raise
-        return None
 
 
 @dataclass
@@ -65,29 +44,13 @@ class SparseAttention(ABC):
 
     @classmethod
     def create_from_config(cls, config: SparseAttentionConfig) -> "SparseAttention":
-        """Builds the mechanism that ``config`` describes.
+        """Builds the mechanism that ``config`` describes: a ``ResearchAttentionConfig`` (or
+        subclass) routes to ``ResearchAttention.create_from_config``; any other config gives
+        ``cls(config)``."""
+        from .research_attention import ResearchAttention, ResearchAttentionConfig  # (cycle)
 
-        ``ResearchAttentionConfig`` and ``EfficientAttentionConfig`` (and their subclasses) route
-        to their classes' ``create_from_config``; any other config gives ``cls(config)``.
-
-        Raises:
-            NotImplementedError: if ``cls`` is abstract and a routed class does not exist yet,
-                so no class can handle ``config``.
-        """
-        missing = []
-        for subpackage_name, class_name in _ROUTES:
-            subpackage = _optional_subpackage(subpackage_name)
-            config_class = getattr(subpackage, f"{class_name}Config", None)
-            if config_class is None:
-                missing.append(f"{subpackage_name}.{class_name}")
-                continue
-            if isinstance(config, config_class):
-                return getattr(subpackage, class_name).create_from_config(config)
-        if missing and inspect.isabstract(cls):
-            raise NotImplementedError(
-                f"no sparse attention class handles {type(config).__name__}: "
-                f"{', '.join(missing)} not implemented yet"
-            )
+        if isinstance(config, ResearchAttentionConfig):
+            return ResearchAttention.create_from_config(config)
         return cls(config)
 
 
