@@ -4,6 +4,8 @@ Reference: plain HF generation (dense), and a plain-PyTorch sink+local attention
 transformers' AttentionInterface and run in the same model.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -387,3 +389,25 @@ def test_batch_equals_one_by_one(tiny, setup):
     assert [r.responses for r in batched] == [r.responses for r in alone]
     assert one_request.responses == alone[0].responses
     assert isinstance(batched[1].responses, str)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sparse_every_key_equals_dense_and_topk_runs(tiny):
+    """The whole path on the GPU: the row-form CUDA kernels reproduce dense generation, and a
+    top-k configuration runs under generate() with batching."""
+    model, tok = tiny
+    model = copy.deepcopy(model).to("cuda")
+    request = Request(context_text(seed=8), ["what is the secret code", "is it blue"])
+    every_key = ResearchAttentionConfig([SinkMaskerConfig(0.6), LocalMaskerConfig(0.5)])
+    with ModelAdapterHF.from_model(model, tok, None) as dense:
+        want = dense.process_request(request, {"max_new_tokens": 8}).responses
+    with ModelAdapterHF.from_model(model, tok, every_key) as sparse:
+        assert sparse.process_request(request, {"max_new_tokens": 8}).responses == want
+    topk = ResearchAttentionConfig(
+        [SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)]
+    )
+    with ModelAdapterHF.from_model(model, tok, topk) as adapter:
+        alone = adapter.process_request(request, {"max_new_tokens": 6})
+        batched = adapter.process_request(request, {"max_new_tokens": 6}, {"batch_questions": True})
+    assert batched.responses == alone.responses
