@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   if constexpr (kTopP) {
     unsigned m = 0u;
     for_each_key<kSelectThreads>(keys, nvec, [&](uint32_t k) { m = max(m, k); });
-    m = __reduce_max_sync(0xffffffffu, m);
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));  // any arch
     if ((threadIdx.x & 31) == 0) atomicMax(&s_max, m);
     __syncthreads();
     m = s_max;
