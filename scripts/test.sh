@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-bash scripts/install.sh pytest expecttest hypothesis
+bash scripts/install.sh pytest expecttest hypothesis nbformat nbclient ipykernel matplotlib
 if [ ! -f /usr/src/googletest/CMakeLists.txt ] && ! ls /usr/lib/*/libgtest.a >/dev/null 2>&1; then
   apt-get install -y -q libgtest-dev >/dev/null
 fi
