@@ -73,6 +73,12 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow baseline")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run each chain under torch.compile(mode='reduce-overhead', fullgraph=True): CUDA "
+        "graphs on GPU remove the eager Python and launch overhead of a decode step",
+    )
     parser.add_argument("--out", default="bench_out/maskers.json")
     args = parser.parse_args()
 
@@ -100,8 +106,15 @@ def main() -> None:
         for name, configs in CONFIGS.items():
             attention = ResearchAttention.create_from_config(ResearchAttentionConfig(configs))
 
+            def step(q, k, v, mask):
+                return attention.custom_attention(None, q, k, v, mask, scale, 0.0, {})[0]
+
+            if args.compile:
+                torch._dynamo.reset()
+                step = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+
             def call():
-                return attention.custom_attention(None, q, k, v, mask, scale, 0.0, {})
+                return step(q, k, v, mask)
 
             ms = timer(call)
             mem = transient_mb(call, device)
@@ -136,6 +149,7 @@ def main() -> None:
         heads=h,
         kv_heads=hkv,
         head_dim=d,
+        compiled=args.compile,
     )
     write_json(args.out, meta, rows)
 
