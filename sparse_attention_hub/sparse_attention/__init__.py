@@ -7,6 +7,8 @@ from .research_attention import ResearchAttention, ResearchAttentionConfig
 from .research_attention.maskers import ResearchMasker
 from .research_attention.maskers.fixed import (
     CausalMasker,
+    DoubleSparsityTopKMasker,
+    DoubleSparsityTopKMaskerConfig,
     FixedMasker,
     LocalMasker,
     LocalMaskerConfig,
@@ -22,6 +24,8 @@ from .utils import Mask
 
 __all__ = [
     "CausalMasker",
+    "DoubleSparsityTopKMasker",
+    "DoubleSparsityTopKMaskerConfig",
     "FixedMasker",
     "LocalMasker",
     "LocalMaskerConfig",

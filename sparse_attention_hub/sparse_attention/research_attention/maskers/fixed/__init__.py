@@ -10,6 +10,8 @@ from .base import (
 )
 from .implementations import (
     CausalMasker,
+    DoubleSparsityTopKMasker,
+    DoubleSparsityTopKMaskerConfig,
     LocalMasker,
     LocalMaskerConfig,
     OracleTopK,
@@ -28,6 +30,8 @@ __all__ = [
     "TopPMasker",
     "TopPMaskerConfig",
     "CausalMasker",
+    "DoubleSparsityTopKMasker",
+    "DoubleSparsityTopKMaskerConfig",
     "LocalMasker",
     "LocalMaskerConfig",
     "OracleTopK",
