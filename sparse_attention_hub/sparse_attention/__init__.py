@@ -1,7 +1,15 @@
 """Sparse attention: configs, mechanisms, maskers and the ``Mask`` type (reference import paths)."""
 
-from . import research_attention, utils
+from . import efficient_attention, research_attention, utils
 from .base import SparseAttention, SparseAttentionConfig
+from .efficient_attention import EfficientAttention, EfficientAttentionConfig
+from .efficient_attention.implementations import (
+    ChannelConfig,
+    DoubleSparsity,
+    DoubleSparsityConfig,
+    HashAttention,
+    HashAttentionConfig,
+)
 from .metadata import SparseAttentionMetadata
 from .research_attention import ResearchAttention, ResearchAttentionConfig
 from .research_attention.maskers import ResearchMasker
@@ -10,9 +18,12 @@ from .research_attention.maskers.fixed import (
     DoubleSparsityTopKMasker,
     DoubleSparsityTopKMaskerConfig,
     FixedMasker,
+    HashAttentionTopKMasker,
+    HashAttentionTopKMaskerConfig,
     LocalMasker,
     LocalMaskerConfig,
     OracleTopK,
+    PQCache,
     SinkMasker,
     SinkMaskerConfig,
     TopKMasker,
@@ -24,6 +35,17 @@ from .utils import Mask
 
 __all__ = [
     "CausalMasker",
+    "ChannelConfig",
+    "DoubleSparsity",
+    "DoubleSparsityConfig",
+    "EfficientAttention",
+    "EfficientAttentionConfig",
+    "HashAttention",
+    "HashAttentionConfig",
+    "HashAttentionTopKMasker",
+    "HashAttentionTopKMaskerConfig",
+    "PQCache",
+    "efficient_attention",
     "DoubleSparsityTopKMasker",
     "DoubleSparsityTopKMaskerConfig",
     "FixedMasker",

@@ -45,12 +45,16 @@ class SparseAttention(ABC):
     @classmethod
     def create_from_config(cls, config: SparseAttentionConfig) -> "SparseAttention":
         """Builds the mechanism that ``config`` describes: a ``ResearchAttentionConfig`` (or
-        subclass) routes to ``ResearchAttention.create_from_config``; any other config gives
-        ``cls(config)``."""
+        subclass) routes to ``ResearchAttention.create_from_config``, an
+        ``EfficientAttentionConfig`` (or subclass) to ``EfficientAttention.create_from_config``;
+        any other config gives ``cls(config)``."""
+        from .efficient_attention import EfficientAttention, EfficientAttentionConfig  # (cycle)
         from .research_attention import ResearchAttention, ResearchAttentionConfig  # (cycle)
 
         if isinstance(config, ResearchAttentionConfig):
             return ResearchAttention.create_from_config(config)
+        if isinstance(config, EfficientAttentionConfig):
+            return EfficientAttention.create_from_config(config)
         return cls(config)
 
 

@@ -8,14 +8,20 @@ from .basic_fixed import (
     SinkMaskerConfig,
 )
 from .double_sparsity_top_k import DoubleSparsityTopKMasker, DoubleSparsityTopKMaskerConfig
+from .hashattention_top_k import HashAttentionTopKMasker, HashAttentionTopKMaskerConfig
 from .oracle_top_k import OracleTopK, OracleTopKConfig
 from .oracle_top_p import OracleTopPMasker, OracleTopPMaskerConfig
+from .pq_top_k import PQCache, PQCacheConfig
 from .quest_top_k import QuestTopKMasker, QuestTopKMaskerConfig
 
 __all__ = [
     "CausalMasker",
     "DoubleSparsityTopKMasker",
     "DoubleSparsityTopKMaskerConfig",
+    "HashAttentionTopKMasker",
+    "HashAttentionTopKMaskerConfig",
+    "PQCache",
+    "PQCacheConfig",
     "QuestTopKMasker",
     "QuestTopKMaskerConfig",
     "LocalMasker",
