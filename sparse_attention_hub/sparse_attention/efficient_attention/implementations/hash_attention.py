@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...base import SparseAttentionConfig
-from ...research_attention.maskers.base import ResearchMasker
+from ...research_attention.maskers.base import ResearchMasker, require_layer_state
 from ...research_attention.maskers.fixed.implementations.basic_fixed import (
     LocalMasker,
     LocalMaskerConfig,
@@ -120,7 +120,7 @@ class HashAttention(EfficientAttention):
         """Attention output (b, sq, h, d) and None (no weights). Needs ``sparse_meta_data``
         and ``layer_idx`` (ValueError otherwise), like the HashAttention masker."""
         kwargs.pop("output_attentions", None)
-        HashAttentionTopKMasker._validate_inputs(sparse_meta_data, kwargs)
+        require_layer_state(sparse_meta_data, kwargs)
         out = self._chain_attention(
             self.masker_chain(),
             module,

@@ -107,6 +107,17 @@ def padding_or_4d_mask(attention_mask: Optional[Tensor], seq_len_keys: int) -> O
     return None
 
 
+def require_layer_state(sparse_meta_data: Optional[Dict[Any, Any]], kwargs: Dict[str, Any]) -> int:
+    """The layer index of a stateful masker's call; ValueError (the reference's messages)
+    without ``sparse_meta_data`` or ``layer_idx``."""
+    if sparse_meta_data is None:
+        raise ValueError("sparse_meta_data cannot be None")
+    layer_idx = kwargs.get("layer_idx")
+    if layer_idx is None:
+        raise ValueError("layer_idx must be provided in kwargs")
+    return int(layer_idx)
+
+
 class ResearchMasker(ABC):
     """A step of the mask chain: ``add_mask(..., previous_mask) -> Mask``."""
 
@@ -130,6 +141,7 @@ class ResearchMasker(ABC):
         A FULL previous mask is returned as is; when :meth:`_covers_all` says the sequence is
         short enough, a new FULL mask; otherwise :meth:`_select` runs on the row form.
         """
+        self._validate(sparse_meta_data, keys=keys, queries=queries, **kwargs)
         if previous_mask.is_full_mask():
             return previous_mask
         dims = self._extract_tensor_dimensions(keys, queries)
@@ -148,6 +160,16 @@ class ResearchMasker(ABC):
             **kwargs,
         )
         return self._rows_mask(previous_mask, indices, probs)
+
+    def _validate(
+        self,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        *,
+        keys: Tensor,
+        queries: Tensor,
+        **kwargs: Any,
+    ) -> None:
+        """Checks run before anything else, even for a FULL previous mask (as the reference)."""
 
     def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         """Whether this masker would select every key (then attention is dense)."""

@@ -25,7 +25,6 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .....utils.kv_utils import _get_num_key_value_groups
-from .....utils.mask import Mask
 from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import TopKMasker, TopKMaskerConfig
 from .utils.common_utils import pseudo_quantize
@@ -78,34 +77,18 @@ class DoubleSparsityTopKMasker(TopKMasker):
         self.sorted_channels: Optional[ChannelTable] = None
         self._layer_channels: Dict[Tuple[int, str], Tensor] = {}
 
-    def add_mask(
+    def _validate(
         self,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        *,
         keys: Tensor,
         queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
         **kwargs: Any,
-    ) -> Mask:
-        """Checks ``layer_idx`` and the head grouping first (even for a FULL previous mask, as
-        the reference does), then runs the masker template."""
+    ) -> None:
+        """``layer_idx`` and the head grouping (the reference checks them first)."""
         if kwargs.get("layer_idx") is None:
             raise ValueError("layer_idx must be provided in kwargs")
         _get_num_key_value_groups(queries, keys)
-        return super().add_mask(
-            keys,
-            queries,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            sparse_meta_data,
-            previous_mask,
-            **kwargs,
-        )
 
     def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         k = self._calculate_effective_size(self.heavy_size, dims.seq_len_keys)

@@ -30,8 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .....utils.hashattention_utils import HatWeights, load_hat_weights, validate_hat_weights
-from .....utils.mask import Mask
-from ...base import AttentionTensorDimensions, MaskerRegistry
+from ...base import AttentionTensorDimensions, MaskerRegistry, require_layer_state
 from ..base import TopKMasker, TopKMaskerConfig
 from .key_rows_state import KeyRowsState
 
@@ -111,32 +110,15 @@ class HashAttentionTopKMasker(TopKMasker):
         # (layer, "query" | "key", device, dtype) -> (matrices, biases), cast once.
         self._cast_weights: Dict[Tuple[int, str, torch.device, torch.dtype], Any] = {}
 
-    def add_mask(
+    def _validate(
         self,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        *,
         keys: Tensor,
         queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
         **kwargs: Any,
-    ) -> Mask:
-        """Validates ``sparse_meta_data`` and ``layer_idx`` (even for a FULL previous mask, as
-        the reference does), then adds the hash top-k keys."""
-        self._validate_inputs(sparse_meta_data, kwargs)
-        return super().add_mask(
-            keys,
-            queries,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            sparse_meta_data,
-            previous_mask,
-            **kwargs,
-        )
+    ) -> None:
+        require_layer_state(sparse_meta_data, kwargs)
 
     def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         return dims.seq_len_keys <= self._calculate_effective_size(
@@ -247,16 +229,6 @@ class HashAttentionTopKMasker(TopKMasker):
             )
             self._cast_weights[cache_key] = cached
         return cached
-
-    @staticmethod
-    def _validate_inputs(sparse_meta_data: Optional[Dict[Any, Any]], kwargs: Dict[str, Any]) -> int:
-        """The layer index; raises ValueError without ``sparse_meta_data`` or ``layer_idx``."""
-        if sparse_meta_data is None:
-            raise ValueError("sparse_meta_data cannot be None")
-        layer_idx = kwargs.get("layer_idx")
-        if layer_idx is None:
-            raise ValueError("layer_idx must be provided in kwargs")
-        return int(layer_idx)
 
     @classmethod
     def create_from_config(cls, config: HashAttentionTopKMaskerConfig) -> "HashAttentionTopKMasker":

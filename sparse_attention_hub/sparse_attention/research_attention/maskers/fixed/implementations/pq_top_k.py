@@ -27,8 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .....utils.mask import Mask
-from ...base import AttentionTensorDimensions, MaskerRegistry
+from ...base import AttentionTensorDimensions, MaskerRegistry, require_layer_state
 from ..base import TopKMasker, TopKMaskerConfig
 from .key_rows_state import KeyRowsState
 
@@ -124,34 +123,15 @@ class PQCache(TopKMasker):
         self.kmeans_iters = config.kmeans_iters
         self.seed = config.seed
 
-    def add_mask(
+    def _validate(
         self,
+        sparse_meta_data: Optional[Dict[Any, Any]],
+        *,
         keys: Tensor,
         queries: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]],
-        previous_mask: Mask,
         **kwargs: Any,
-    ) -> Mask:
-        """Validates ``sparse_meta_data`` and ``layer_idx``, then adds the PQ top-k keys."""
-        if sparse_meta_data is None:
-            raise ValueError("sparse_meta_data cannot be None")
-        if kwargs.get("layer_idx") is None:
-            raise ValueError("layer_idx must be provided in kwargs")
-        return super().add_mask(
-            keys,
-            queries,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            sparse_meta_data,
-            previous_mask,
-            **kwargs,
-        )
+    ) -> None:
+        require_layer_state(sparse_meta_data, kwargs)
 
     def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
         return dims.seq_len_keys <= self._calculate_effective_size(

@@ -32,7 +32,7 @@ from typing import Any, Dict, Literal, Optional
 import torch
 
 from .....utils.mask import Mask
-from ...base import MaskerRegistry, padding_or_4d_mask
+from ...base import MaskerRegistry, padding_or_4d_mask, require_layer_state
 from ..base import SamplingMasker, SamplingMaskerConfig
 from .seeding import check_seed, resolve_seed
 
@@ -214,7 +214,7 @@ class MagicPig(SamplingMasker):
         previous_mask: Mask,
         **kwargs: Any,
     ) -> Mask:
-        layer = self._validate_inputs(sparse_meta_data, kwargs)
+        layer = require_layer_state(sparse_meta_data, kwargs)
         if previous_mask.is_full_mask():
             return previous_mask
         state = self._layer_state(keys, queries, sparse_meta_data, layer)
@@ -266,16 +266,6 @@ class MagicPig(SamplingMasker):
             )
         state.check(keys, layer)
         return state
-
-    @staticmethod
-    def _validate_inputs(sparse_meta_data: Optional[Dict[Any, Any]], kwargs: Dict[str, Any]) -> int:
-        """The layer index; raises ValueError without ``sparse_meta_data`` or ``layer_idx``."""
-        if sparse_meta_data is None:
-            raise ValueError("sparse_meta_data cannot be None")
-        layer_idx = kwargs.get("layer_idx")
-        if layer_idx is None:
-            raise ValueError("layer_idx must be provided in kwargs")
-        return int(layer_idx)
 
     @classmethod
     def create_from_config(cls, config: MagicPigConfig) -> "MagicPig":
