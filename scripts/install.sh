@@ -8,7 +8,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.11.0"
 fi
 "$PY" -m pip install -q "scikit-build-core>=0.10" "cmake>=3.26" ninja numpy \
-  "transformers>=5.0" accelerate gguf safetensors "$@"
+  "transformers>=5.0" accelerate gguf safetensors tqdm matplotlib "$@"
 if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get install -y -q ccache >/dev/null 2>&1 || true  # optional: faster rebuilds
 fi

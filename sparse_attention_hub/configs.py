@@ -36,7 +36,13 @@ NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
 
 def _masker_config_classes() -> Dict[str, type]:
     classes: Dict[str, type] = {}
-    for module in (maskers.fixed, maskers.fixed.implementations, maskers.sampling):
+    modules = (
+        maskers.fixed,
+        maskers.fixed.implementations,
+        maskers.sampling,
+        maskers.sampling.implementations,
+    )
+    for module in modules:
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if isinstance(obj, type) and name.endswith("Config"):
