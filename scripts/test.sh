@@ -12,4 +12,8 @@ CTEST=$("$PY" -c "import cmake, os; print(os.path.join(cmake.CMAKE_BIN_DIR, 'cte
 "$CMAKE" -S tests/cpp -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 "$CMAKE" --build build/cpp
 "$CTEST" --test-dir build/cpp --output-on-failure
+# The same torch-free kernels under AddressSanitizer + UndefinedBehaviorSanitizer.
+"$CMAKE" -S tests/cpp -B build/cpp-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSAH_SANITIZE=ON >/dev/null
+"$CMAKE" --build build/cpp-sanitize
+"$CTEST" --test-dir build/cpp-sanitize --output-on-failure
 "$PY" -m pytest tests/python -q "$@"
