@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace sah {
 namespace cpu {
@@ -79,6 +80,30 @@ inline int32_t row_count(const int32_t* idx, const float* prob, int64_t cap) {
   int32_t c = 0;
   for (int64_t t = 0; t < cap; ++t) c += (idx[t] >= 0 && prob[t] > 0.0f) ? 1 : 0;
   return c;
+}
+
+// Row driver of the masker kernels: for each row of [begin, end) of a flattened (batch, heads,
+// q_len) grid, `pick(b, h, i, prev_row, prev_len, &picks)` lists the row's picks (ascending;
+// a pick the previous row holds becomes p = 1), and the union of the previous row with the picks
+// (p = 1) is written to the output. Params provides q_len, heads, prev_idx/prev_probs/prev_cap and
+// out_idx/out_probs/out_cap. Returns false if a row did not fit out_cap (only possible when a
+// previous row is not strictly ascending).
+template <typename Params, typename Pick>
+bool pick_rows(const Params& p, int64_t begin, int64_t end, Pick&& pick) {
+  std::vector<int32_t> picks;
+  std::vector<float> ones;
+  bool ok = true;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads, b = row / (p.q_len * p.heads);
+    const int32_t* prev = p.prev_idx + row * p.prev_cap;
+    picks.clear();
+    pick(b, h, i, prev, row_length(prev, p.prev_cap), &picks);
+    ones.assign(picks.size(), 1.0f);
+    ok &= union_row(prev, p.prev_probs + row * p.prev_cap, p.prev_cap, picks.data(), ones.data(),
+                    static_cast<int64_t>(picks.size()), p.out_idx + row * p.out_cap,
+                    p.out_probs + row * p.out_cap, p.out_cap) >= 0;
+  }
+  return ok;
 }
 
 }  // namespace cpu

@@ -149,19 +149,9 @@ class RowPicker {
 template <typename T>
 bool masker_rows(const MaskerParams& p, int64_t begin, int64_t end) {
   RowPicker<T> picker(p);
-  std::vector<int32_t> picks;
-  std::vector<float> ones;
-  bool ok = true;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads, b = row / (p.q_len * p.heads);
-    const int32_t* prev = p.prev_idx + row * p.prev_cap;
-    picker.pick(b, h, i, prev, row_length(prev, p.prev_cap), &picks);
-    ones.assign(picks.size(), 1.0f);
-    ok &= union_row(prev, p.prev_probs + row * p.prev_cap, p.prev_cap, picks.data(), ones.data(),
-                    static_cast<int64_t>(picks.size()), p.out_idx + row * p.out_cap,
-                    p.out_probs + row * p.out_cap, p.out_cap) >= 0;
-  }
-  return ok;
+  return pick_rows(p, begin, end,
+                   [&](int64_t b, int64_t h, int64_t i, const int32_t* prev, int64_t prev_len,
+                       std::vector<int32_t>* picks) { picker.pick(b, h, i, prev, prev_len, picks); });
 }
 
 }  // namespace cpu

@@ -156,11 +156,9 @@ bool quest_rows(const QuestParams& p, int64_t begin, int64_t end) {
   const int64_t d = p.head_dim, ps = p.page_size;
   std::vector<float> qf(d), score;
   std::vector<int64_t> pages, order;
-  std::vector<int32_t> picks;
-  std::vector<float> ones;
-  bool ok = true;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads, b = row / (p.q_len * p.heads);
+  return pick_rows(p, begin, end, [&](int64_t b, int64_t h, int64_t i, const int32_t* prev,
+                                      int64_t prev_len, std::vector<int32_t>* out) {
+    std::vector<int32_t>& picks = *out;
     auto allowed = [&](int64_t j) {
       return !std::isinf(mask_value_at<float>(p.mask, p.mask_kind, p.mask_stride, b, h, i, j));
     };
@@ -195,12 +193,7 @@ bool quest_rows(const QuestParams& p, int64_t begin, int64_t end) {
         }
       }
     }
-    ones.assign(picks.size(), 1.0f);
-    ok &= union_row(p.prev_idx + row * p.prev_cap, p.prev_probs + row * p.prev_cap, p.prev_cap,
-                    picks.data(), ones.data(), static_cast<int64_t>(picks.size()),
-                    p.out_idx + row * p.out_cap, p.out_probs + row * p.out_cap, p.out_cap) >= 0;
-  }
-  return ok;
+  });
 }
 
 // Gathers the channels of query head h from row x (element stride `stride`) into `labels`, then
@@ -233,14 +226,11 @@ template <typename T>
 bool double_sparsity_rows(const DoubleSparsityParams& p, int64_t begin, int64_t end) {
   const int64_t r = p.num_channels;
   std::vector<float> ql(r), score;
-  std::vector<int32_t> cand, picks;
+  std::vector<int32_t> cand;
   std::vector<int64_t> order;
-  std::vector<float> ones;
-  bool ok = true;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t i = row % p.q_len, h = (row / p.q_len) % p.heads, b = row / (p.q_len * p.heads);
-    const int32_t* prev = p.prev_idx + row * p.prev_cap;
-    const int64_t prev_len = row_length(prev, p.prev_cap);
+  return pick_rows(p, begin, end, [&](int64_t b, int64_t h, int64_t i, const int32_t* prev,
+                                      int64_t prev_len, std::vector<int32_t>* out) {
+    std::vector<int32_t>& picks = *out;
     const int64_t last = std::min(p.k_len - p.q_len + i, p.k_len - 1);
     picks.clear();
     if (last >= 0 && p.size > 0) {
@@ -268,12 +258,7 @@ bool double_sparsity_rows(const DoubleSparsityParams& p, int64_t begin, int64_t 
       for (int64_t x = 0; x < take; ++x) picks.push_back(cand[order[x]]);
       std::sort(picks.begin(), picks.end());
     }
-    ones.assign(picks.size(), 1.0f);
-    ok &= union_row(prev, p.prev_probs + row * p.prev_cap, p.prev_cap, picks.data(), ones.data(),
-                    static_cast<int64_t>(picks.size()), p.out_idx + row * p.out_cap,
-                    p.out_probs + row * p.out_cap, p.out_cap) >= 0;
-  }
-  return ok;
+  });
 }
 
 }  // namespace cpu
