@@ -9,7 +9,7 @@ the same ``torch.ops.sah`` operators in the same order, so its output is identic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -58,6 +58,43 @@ class EfficientAttention(SparseAttention):
             if config_type in registry:
                 return registry[config_type].create_from_config(config)
         raise ValueError(f"No efficient attention class found for config type: {type(config)}")
+
+    def masker_chain(self) -> Sequence[ResearchMasker]:
+        """The maskers this mechanism runs, in order."""
+        raise NotImplementedError(f"{type(self).__name__} must define masker_chain")
+
+    def custom_attention(
+        self,
+        module: Optional[nn.Module],
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        attention_mask: Optional[Tensor],
+        scaling: float,
+        dropout: float,
+        sparse_meta_data: Optional[Dict[Any, Any]] = None,
+        **kwargs: Any,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Attention output (b, sq, h, d) and None (never weights); each masker first checks its
+        inputs as it does in a ResearchAttention chain (e.g. ``sparse_meta_data``/``layer_idx``,
+        ValueError)."""
+        kwargs.pop("output_attentions", None)
+        maskers = self.masker_chain()
+        for masker in maskers:
+            masker._validate(sparse_meta_data, keys=keys, queries=queries, **kwargs)
+        out = self._chain_attention(
+            maskers,
+            module,
+            queries,
+            keys,
+            values,
+            attention_mask,
+            scaling,
+            dropout,
+            sparse_meta_data,
+            **kwargs,
+        )
+        return out, None
 
     @staticmethod
     def _chain_attention(

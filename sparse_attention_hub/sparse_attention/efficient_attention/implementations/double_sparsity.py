@@ -10,10 +10,9 @@ sorted_channel_file=ds_channel_config, group_factor=ds_group_factor, label_bits=
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import torch
-from torch import nn
 
 from ...base import SparseAttentionConfig
 from ...research_attention.maskers.base import ResearchMasker
@@ -106,37 +105,6 @@ class DoubleSparsity(EfficientAttention):
             )
             self._maskers = chain
         return self._maskers
-
-    def custom_attention(
-        self,
-        module: Optional[nn.Module],
-        queries: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]] = None,
-        **kwargs: Any,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Attention output (b, sq, h, d) and None (no weights). Needs ``layer_idx`` (its
-        channel table; ValueError otherwise)."""
-        kwargs.pop("output_attentions", None)
-        if kwargs.get("layer_idx") is None:
-            raise ValueError("layer_idx must be provided in kwargs")
-        out = self._chain_attention(
-            self.masker_chain(),
-            module,
-            queries,
-            keys,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            sparse_meta_data,
-            **kwargs,
-        )
-        return out, None
 
     @classmethod
     def create_from_config(cls, config: SparseAttentionConfig) -> "DoubleSparsity":

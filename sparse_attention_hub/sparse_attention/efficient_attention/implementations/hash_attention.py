@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
-from torch import nn
 
 from ...base import SparseAttentionConfig
-from ...research_attention.maskers.base import ResearchMasker, require_layer_state
+from ...research_attention.maskers.base import ResearchMasker
 from ...research_attention.maskers.fixed.implementations.basic_fixed import (
     LocalMasker,
     LocalMaskerConfig,
@@ -104,36 +103,6 @@ class HashAttention(EfficientAttention):
             )
             self._maskers = chain
         return self._maskers
-
-    def custom_attention(
-        self,
-        module: Optional[nn.Module],
-        queries: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        attention_mask: Optional[Tensor],
-        scaling: float,
-        dropout: float,
-        sparse_meta_data: Optional[Dict[Any, Any]] = None,
-        **kwargs: Any,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Attention output (b, sq, h, d) and None (no weights). Needs ``sparse_meta_data``
-        and ``layer_idx`` (ValueError otherwise), like the HashAttention masker."""
-        kwargs.pop("output_attentions", None)
-        require_layer_state(sparse_meta_data, kwargs)
-        out = self._chain_attention(
-            self.masker_chain(),
-            module,
-            queries,
-            keys,
-            values,
-            attention_mask,
-            scaling,
-            dropout,
-            sparse_meta_data,
-            **kwargs,
-        )
-        return out, None
 
     @classmethod
     def create_from_config(cls, config: SparseAttentionConfig) -> "HashAttention":
