@@ -19,12 +19,13 @@ import time
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
 from .adapters import ModelAdapterHF, Request
 from .configs import NAMED, load_config
+from .metric_logging.attention_metrics import attention_density, attention_output_error
 
 CACHE = Path.home() / ".cache" / "sparse_attention_hub"
 
@@ -83,21 +84,13 @@ class LayerStats:
         self.calls += 1
         if self.calls % self.every:
             return
-        mask, layer = event["mask"], event["layer_idx"]
-        self.density[layer].append(1.0 if mask.is_empty_mask() else mask.get_density())
-        q, k, v, m = event["queries"], event["keys"], event["values"], event["attention_mask"]
-        dense = torch.nn.functional.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=None if m is None else m[..., : k.shape[2]],
-            scale=event["scaling"],
-            enable_gqa=True,
-        ).transpose(1, 2)
-        out = event["output"].float()
-        self.error[layer].append(((out - dense.float()).norm() / dense.float().norm()).item())
+        layer = event["layer_idx"]
+        # Density of what attention read: an EMPTY mask means dense attention here.
+        dense = event["mask"].is_empty_mask()
+        self.density[layer].append(1.0 if dense else attention_density(event))
+        self.error[layer].append(attention_output_error(event))
 
-    def summary(self) -> str:
+    def summary(self) -> Tuple[str, str]:
         def mean(d: Dict[int, List[float]]) -> float:
             values = [x for xs in d.values() for x in xs]
             return sum(values) / max(1, len(values))

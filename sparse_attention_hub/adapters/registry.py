@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -218,5 +218,3 @@ get_attention_adapter = default_registry.get_attention_adapter
 list_registered_attention_functions = default_registry.list_registered_attention_functions
 configure_model_attention = default_registry.configure_model_attention
 restore_model_attention = default_registry.restore_model_attention
-
-AttentionFunction = Callable[..., Tuple[Tensor, Optional[Tensor]]]

@@ -127,7 +127,7 @@ class EfficientAttention(SparseAttention):
         lead = (dims.batch_size, dims.num_heads, dims.seq_len_queries, 0)
         indices = torch.empty(lead, dtype=torch.int32, device=queries.device)
         probs = torch.empty(lead, dtype=torch.float32, device=queries.device)
-        masker_mask = padding_or_4d_mask(attention_mask, k_len)
+        masker_mask = padding_or_4d_mask(attention_mask)
         for masker in maskers:
             indices, probs = masker._select(
                 indices,

@@ -89,7 +89,7 @@ def effective_size(value: SizeLike, seq_len_keys: Any) -> Any:
     return int(value)
 
 
-def padding_or_4d_mask(attention_mask: Optional[Tensor], seq_len_keys: int) -> Optional[Tensor]:
+def padding_or_4d_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
     """The attention mask in the 4-D form the ops read, or None when there is none to honour.
 
     4-D masks (HF: additive float or bool) pass through; a 2-D ``(batch, keys)`` padding mask
@@ -154,7 +154,7 @@ class ResearchMasker(ABC):
             keys=keys,
             queries=queries,
             values=values,
-            attention_mask=padding_or_4d_mask(attention_mask, dims.seq_len_keys),
+            attention_mask=padding_or_4d_mask(attention_mask),
             scaling=scaling,
             sparse_meta_data=sparse_meta_data,
             **kwargs,

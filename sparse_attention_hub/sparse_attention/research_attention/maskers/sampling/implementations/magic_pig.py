@@ -226,7 +226,7 @@ class MagicPig(SamplingMasker):
             keys,
             indices,
             probs,
-            padding_or_4d_mask(attention_mask, n),
+            padding_or_4d_mask(attention_mask),
             state.projections,
             state.key_mean,
             state.key_norm_bound,
