@@ -13,14 +13,50 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
-from common import device_name, git_commit, write_json
+from common import device_name, git_commit, hat_weights, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.adapters import AttentionRegistry
-from sparse_attention_hub.configs import NAMED
-from sparse_attention_hub.sparse_attention.research_attention import ResearchAttention
+from sparse_attention_hub.sparse_attention.research_attention import (
+    ResearchAttention,
+    ResearchAttentionConfig,
+)
+from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
+    HashAttentionTopKMaskerConfig,
+    LocalMaskerConfig,
+    OracleTopKConfig,
+    SinkMaskerConfig,
+)
+from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (
+    QuestTopKMaskerConfig,
+)
+
+
+def make_config(name: str, args) -> ResearchAttentionConfig:
+    """The P9 configurations: sink 128 + local 128, plus a 5% top-k of each kind."""
+    base = [SinkMaskerConfig(128), LocalMaskerConfig(128)]
+    extra = {
+        "sink_local": [],
+        "oracle_topk": [OracleTopKConfig(0.05)],
+        "hash_topk": [
+            HashAttentionTopKMaskerConfig(
+                heavy_size=0.05,
+                hat_bits=32,
+                hat_mlp_layers=3,
+                hat_mlp_hidden_size=128,
+                hat_mlp_activation="silu",
+                hat_weights=hat_weights(args.heads, args.hidden // args.heads, layers=args.layers),
+            )
+        ],
+        "quest_topk": [QuestTopKMaskerConfig(heavy_size=0.05, page_size=16)],
+    }
+    return ResearchAttentionConfig(base + extra[name])
+
+
+CONFIG_NAMES = ["sink_local", "oracle_topk", "hash_topk", "quest_topk"]
 
 
 def build_model(args, device, dtype):
@@ -41,33 +77,54 @@ def build_model(args, device, dtype):
     return model.eval()
 
 
-def decode_tokens_per_s(model, cache, last_ids, n_new: int, device) -> float:
-    """Tokens/s of `n_new` greedy steps from `cache` (the prompt's last token not yet seen);
-    the cache is cropped back afterwards."""
+def generate(model, cache, ids, n_new: int):
+    return model.generate(
+        input_ids=ids,
+        past_key_values=cache,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        do_sample=False,
+        attention_mask=torch.ones_like(ids),
+    )
+
+
+def decode_tokens_per_s(model, cache, last_ids, n_new: int, device, profile: int = 0):
+    """Tokens/s of `n_new` greedy steps from `cache` (the prompt's last token not yet seen),
+    after a 2-token warm-up (which also builds the maskers' per-layer state for the context, as
+    the question prefill would). Each run continues the previous one (the masker state follows
+    the cache); the cache is cropped back to its start at the end. With ``profile`` > 0, also
+    returns a profiler table of that many decode steps."""
     start_len = cache.get_seq_length()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    table = None
     with torch.no_grad():
+        ids = generate(model, cache, last_ids, 2)
         sync()
         start = time.perf_counter()
-        model.generate(
-            input_ids=last_ids,
-            past_key_values=cache,
-            max_new_tokens=n_new,
-            min_new_tokens=n_new,
-            do_sample=False,
-            attention_mask=torch.ones_like(last_ids),
-        )
+        ids = generate(model, cache, ids, n_new)
         sync()
         elapsed = time.perf_counter() - start
+        if profile:
+            from torch.profiler import ProfilerActivity, profile as torch_profile
+
+            activities = [ProfilerActivity.CPU]
+            if device.type == "cuda":
+                activities.append(ProfilerActivity.CUDA)
+            with torch_profile(activities=activities) as prof:
+                generate(model, cache, ids, profile)
+                sync()
+            sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            table = prof.key_averages().table(sort_by=sort, row_limit=25)
     cache.crop(-(cache.get_seq_length() - start_len))
-    return n_new / elapsed
+    return n_new / elapsed, table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--context", type=int, nargs="+", default=[32768, 131072])
-    parser.add_argument("--configs", nargs="+", default=["sink_local", "oracle_topk"])
+    parser.add_argument("--configs", nargs="+", default=CONFIG_NAMES, choices=CONFIG_NAMES)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=4096)
@@ -75,6 +132,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--profile", type=int, default=0, help="profile this many decode steps")
     parser.add_argument("--out", default="bench_out/e2e.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -85,6 +143,7 @@ def main() -> None:
     print(f"device: {device_name(device)}  layers {args.layers}  hidden {args.hidden}  {dtype}")
     print(f"{'context':>8} {'config':>14} {'decode tok/s':>13} {'x dense':>8}")
     rows = []
+    profiles = []
     from transformers import DynamicCache
 
     for n in args.context:
@@ -92,21 +151,32 @@ def main() -> None:
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
             model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        dense = decode_tokens_per_s(model, cache, ids, args.new_tokens, device)
+        dense, table = decode_tokens_per_s(model, cache, ids, args.new_tokens, device, args.profile)
+        profiles.append((n, "dense", table))
         print(f"{n:>8} {'dense SDPA':>14} {dense:>13.2f} {1.0:>8.2f}")
         rows.append(dict(context=n, config="dense_sdpa", tokens_per_s=dense, ratio=1.0))
         for name in args.configs:
-            attention = ResearchAttention.create_from_config(NAMED[name]())
+            attention = ResearchAttention.create_from_config(make_config(name, args))
             attn_name = registry.register_sparse_attention(attention)
             previous = registry.configure_model_attention(model, attn_name)
             try:
-                tps = decode_tokens_per_s(model, cache, ids, args.new_tokens, device)
+                tps, table = decode_tokens_per_s(
+                    model, cache, ids, args.new_tokens, device, args.profile
+                )
             finally:
                 registry.restore_model_attention(model, previous)
                 registry.unregister_attention_function(attn_name)
+            profiles.append((n, name, table))
             print(f"{n:>8} {name:>14} {tps:>13.2f} {tps / dense:>8.2f}")
             rows.append(dict(context=n, config=name, tokens_per_s=tps, ratio=tps / dense))
         del cache
+    if args.profile:
+        path = Path(args.out).with_suffix(".profile.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "\n\n".join(f"=== context {n}, {name}\n{table}" for n, name, table in profiles)
+        )
+        print(f"wrote {path}")
     meta = dict(
         device=device_name(device),
         torch=torch.__version__,

@@ -1,22 +1,32 @@
-"""Benchmark of masker chains + sparse attention through the public API (targets P2, P3, P8,
+"""Benchmark of masker chains + sparse attention through the public API (targets P2-P8 and
 P11 of PERFORMANCE.md).
 
 Each configuration runs ``ResearchAttention.custom_attention`` (selection + attention) on a
-decode step and is compared with dense SDPA and with the same chain computed the reference way
-(dense scores, dense mask, masked softmax in PyTorch), all in one process on the same tensors.
+decode step and is compared with dense SDPA and, for the chains it can express, with the same
+chain computed the reference way (dense scores, dense mask, masked softmax in PyTorch), all in
+one process on the same tensors. Stateful maskers (HashAttention signatures, Quest page bounds,
+MagicPig signatures) keep their per-layer state across calls, as in a decode loop: their state
+for the 128K keys is built by the warm-up call, so the timed calls measure steady-state decode.
 "transient MB" is the peak GPU memory a call allocates beyond its inputs (CUDA only).
 
+Modes: ``eager`` (default; Python masker chain + kernel launches per call), ``graph`` (the same
+call captured once in a CUDA graph and replayed: what a compiled / CUDA-graph decode step costs;
+the ops never sync with the host, so the whole chain captures), ``compile``
+(``torch.compile(mode="reduce-overhead", fullgraph=True)`` with K/V marked as static addresses,
+as a static KV cache is).
+
     python benchmarks/bench_maskers.py                         # GPU: 32K and 128K keys, bf16
+    python benchmarks/bench_maskers.py --mode graph --skip-reference
     python benchmarks/bench_maskers.py --device cpu --keys 8192 --heads 8 --kv-heads 2
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from common import Timer, device_name, git_commit, write_json
+from common import Timer, device_name, git_commit, hat_weights, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.sparse_attention.research_attention import (
@@ -24,15 +34,64 @@ from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttentionConfig,
 )
 from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
+    HashAttentionTopKMaskerConfig,
     LocalMaskerConfig,
     OracleTopKConfig,
     SinkMaskerConfig,
 )
+from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (
+    QuestTopKMaskerConfig,
+)
+from sparse_attention_hub.sparse_attention.research_attention.maskers.sampling.implementations import (
+    AdaptiveSamplingMaskerConfig,
+    MagicPigConfig,
+)
 
-CONFIGS: Dict[str, List] = {
-    "sink128+local128": [SinkMaskerConfig(128), LocalMaskerConfig(128)],
-    "+oracle_topk5%": [SinkMaskerConfig(128), LocalMaskerConfig(128), OracleTopKConfig(0.05)],
-}
+
+def chains(heads: int, head_dim: int) -> Dict[str, Tuple[str, Callable[[], List]]]:
+    """Name -> (PERFORMANCE.md target, masker configs)."""
+    sl = lambda: [SinkMaskerConfig(128), LocalMaskerConfig(128)]  # noqa: E731
+    return {
+        "sink128+local128": ("P2", sl),
+        "+oracle_topk5%": ("P3", lambda: sl() + [OracleTopKConfig(0.05)]),
+        "+hash_topk5%": (
+            "P4",
+            lambda: sl()
+            + [
+                HashAttentionTopKMaskerConfig(
+                    heavy_size=0.05,
+                    hat_bits=32,
+                    hat_mlp_layers=3,
+                    hat_mlp_hidden_size=128,
+                    hat_mlp_activation="silu",
+                    hat_weights=hat_weights(heads, head_dim),
+                )
+            ],
+        ),
+        "+quest_topk5%_page16": (
+            "P5",
+            lambda: sl() + [QuestTopKMaskerConfig(heavy_size=0.05, page_size=16)],
+        ),
+        "+oracle_topk5%+adaptive": (
+            "P6",
+            lambda: sl()
+            + [
+                OracleTopKConfig(0.05),
+                AdaptiveSamplingMaskerConfig(
+                    base_rate_sampling=0.05,
+                    epsilon=0.25,
+                    delta=0.25,
+                    init_offset=128,
+                    local_offset=128,
+                    seed=0,
+                ),
+            ],
+        ),
+        "magicpig_L75K8+sink+local": (
+            "P7",
+            lambda: sl() + [MagicPigConfig(lsh_l=75, lsh_k=8, seed=0)],
+        ),
+    }
 
 
 def reference_way(q, k, v, scale: float, sink: int, local: int, topk: Optional[float]):
@@ -63,6 +122,25 @@ def transient_mb(fn: Callable[[], object], device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def capture_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``fn`` captured once in a CUDA graph (after a warm-up on a side stream); returns replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -73,25 +151,32 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow baseline")
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="run each chain under torch.compile(mode='reduce-overhead', fullgraph=True): CUDA "
-        "graphs on GPU remove the eager Python and launch overhead of a decode step",
-    )
+    parser.add_argument("--mode", choices=["eager", "graph", "compile"], default="eager")
+    parser.add_argument("--compile", action="store_true", help="same as --mode compile")
+    parser.add_argument("--configs", nargs="+", help="subset of the chains (default: all)")
     parser.add_argument("--out", default="bench_out/maskers.json")
     args = parser.parse_args()
-
+    mode = "compile" if args.compile else args.mode
     device = torch.device(args.device)
+    if mode != "eager" and device.type != "cuda":
+        parser.error(f"--mode {mode} needs a CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     timer = Timer(device, repeats=args.repeats, warmup=3)
     gen = torch.Generator(device=device).manual_seed(0)
     b, h, hkv, d = args.batch, args.heads, args.kv_heads, args.head_dim
     scale = d**-0.5
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    print(f"device: {device_name(device)}  dtype: {dtype}  batch {b}, heads {h}/{hkv}, d {d}")
+    all_chains = chains(h, d)
+    names = args.configs or list(all_chains)
+    unknown = sorted(set(names) - set(all_chains))
+    if unknown:
+        parser.error(f"unknown --configs {unknown}; choose from {list(all_chains)}")
     print(
-        f"{'keys':>7} {'config':>28} {'ms':>9} {'x dense':>8} {'x reference':>11} "
+        f"device: {device_name(device)}  dtype: {dtype}  batch {b}, heads {h}/{hkv}, d {d}, "
+        f"mode {mode}"
+    )
+    print(
+        f"{'keys':>7} {'config':>28} {'target':>6} {'ms':>9} {'x dense':>8} {'x reference':>11} "
         f"{'transient MB':>12}"
     )
     rows = []
@@ -101,38 +186,46 @@ def main() -> None:
         v = torch.randn(b, hkv, n, d, device=device, dtype=dtype, generator=gen)
         mask = torch.zeros(b, 1, 1, n, device=device, dtype=dtype)
         dense_ms = timer(lambda: sdpa(q, k, v, enable_gqa=True))
-        print(f"{n:>7} {'dense SDPA':>28} {dense_ms:>9.4f} {1.0:>8.2f} {'':>11} {'':>12}")
+        print(f"{n:>7} {'dense SDPA':>28} {'':>6} {dense_ms:>9.4f} {1.0:>8.2f}")
         rows.append(dict(keys=n, config="dense_sdpa", ms=dense_ms, ratio_vs_dense=1.0))
-        for name, configs in CONFIGS.items():
-            attention = ResearchAttention.create_from_config(ResearchAttentionConfig(configs))
+        for name in names:
+            target, configs = all_chains[name]
+            attention = ResearchAttention.create_from_config(ResearchAttentionConfig(configs()))
+            state: Dict = {}
 
-            def step(q, k, v, mask):
-                return attention.custom_attention(None, q, k, v, mask, scale, 0.0, {})[0]
+            def step(q, k, v, mask, attention=attention, state=state):
+                return attention.custom_attention(
+                    None, q, k, v, mask, scale, 0.0, state, layer_idx=0
+                )[0]
 
-            if args.compile:
+            call = lambda: step(q, k, v, mask)  # noqa: E731
+            if mode == "compile":
                 torch._dynamo.reset()
-                step = torch.compile(step, mode="reduce-overhead", fullgraph=True)
-
-            def call():
-                return step(q, k, v, mask)
-
+                for t in (k, v, mask):
+                    torch._dynamo.mark_static_address(t)
+                compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+                call = lambda: compiled(q, k, v, mask)  # noqa: E731
+            elif mode == "graph":
+                call()  # builds the per-layer state outside the graph
+                call = capture_graph(call)
             ms = timer(call)
             mem = transient_mb(call, device)
             ref_ms = float("nan")
-            if not args.skip_reference:
+            if not args.skip_reference and target in ("P2", "P3"):
                 topk = 0.05 if "topk" in name else None
                 ref_ms = timer(lambda: reference_way(q, k, v, scale, 128, 128, topk))
-            label = f"{name} (ref way)"
             print(
-                f"{n:>7} {name:>28} {ms:>9.4f} {ms / dense_ms:>8.2f} {ms / ref_ms:>11.3f} "
-                f"{mem:>12.1f}"
+                f"{n:>7} {name:>28} {target:>6} {ms:>9.4f} {ms / dense_ms:>8.2f} "
+                f"{ms / ref_ms:>11.3f} {mem:>12.1f}"
             )
             if ref_ms == ref_ms:
-                print(f"{n:>7} {label:>28} {ref_ms:>9.4f} {ref_ms / dense_ms:>8.2f} {1.0:>11.3f}")
+                label = f"{name} (ref way)"
+                print(f"{n:>7} {label:>28} {'':>6} {ref_ms:>9.4f} {ref_ms / dense_ms:>8.2f}")
             rows.append(
                 dict(
                     keys=n,
                     config=name,
+                    target=target,
                     ms=ms,
                     ratio_vs_dense=ms / dense_ms,
                     reference_ms=ref_ms,
@@ -140,6 +233,7 @@ def main() -> None:
                     transient_mb=mem,
                 )
             )
+            del attention, state, call
     meta = dict(
         device=device_name(device),
         torch=torch.__version__,
@@ -149,7 +243,7 @@ def main() -> None:
         heads=h,
         kv_heads=hkv,
         head_dim=d,
-        compiled=args.compile,
+        mode=mode,
     )
     write_json(args.out, meta, rows)
 

@@ -61,6 +61,29 @@ class Timer:
         return statistics.median(times)
 
 
+def hat_weights(
+    heads: int, head_dim: int, bits: int = 32, hidden: int = 128, layers: int = 1, seed: int = 0
+) -> Dict[int, Dict[str, List[torch.Tensor]]]:
+    """Random HashAttention weights for ``layers`` layers: a 3-layer MLP per head (head_dim ->
+    hidden -> hidden -> bits) on the query and key sides (speed does not depend on the values)."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = [head_dim, hidden, hidden, bits]
+
+    def entry() -> Dict[str, List[torch.Tensor]]:
+        return {
+            f"{side}_{part}": [
+                torch.randn(heads, a, b, generator=gen) / a**0.5
+                if part == "matrix"
+                else torch.randn(heads, b, generator=gen) * 0.1
+                for a, b in zip(dims[:-1], dims[1:])
+            ]
+            for side in ("query", "key")
+            for part in ("matrix", "bias")
+        }
+
+    return {layer: entry() for layer in range(layers)}
+
+
 def copy_bandwidth_gbs(device: torch.device, timer: Timer, mbytes: int = 1024) -> float:
     """Device copy bandwidth (bytes read + written per second) measured in this process."""
     n = mbytes * 2**20
