@@ -26,6 +26,7 @@ Tensor = torch.Tensor
 
 SETUPS = ("B", "A")
 TRUNCATIONS = ("head", "middle")
+CACHES = ("dynamic", "static")
 
 
 class ModelAdapterHF(ModelAdapter):
@@ -40,6 +41,15 @@ class ModelAdapterHF(ModelAdapter):
         setup: ``"B"`` (default: context dense; question and generation sparse) or ``"A"``
             (whole prompt dense except its last token; generation sparse).
         dense_layers: layer indices that always run dense attention.
+        cache_implementation: ``"dynamic"`` (default: transformers' DynamicCache, the key length
+            is the number of cached tokens) or ``"static"`` (a StaticCache sized for each
+            request: fixed shapes, so ``generate`` compiles the decode step on CUDA, as
+            transformers does for static caches; pass ``disable_compile=True`` in the
+            generation kwargs to stay eager). With a static cache the maskers see the whole
+            buffer as keys and the attention mask hides its unused tail: integer sizes select
+            the same keys as with a dynamic cache, but fractional sizes and the full-attention
+            shortcuts refer to the buffer length. Maskers that keep per-key state
+            (HashAttention, PQCache, Quest, MagicPig) need a dynamic cache.
     """
 
     def __init__(
@@ -55,10 +65,24 @@ class ModelAdapterHF(ModelAdapter):
         registry: AttentionRegistry = default_registry,
         model: Optional[nn.Module] = None,
         tokenizer: Any = None,
+        cache_implementation: str = "dynamic",
     ) -> None:
         super().__init__(model_name, sparse_attention_config)
         if setup not in SETUPS:
             raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
+        if cache_implementation not in CACHES:
+            raise ValueError(
+                f"cache_implementation must be one of {CACHES}, got {cache_implementation!r}"
+            )
+        if cache_implementation == "static":
+            stateful = _key_state_maskers(self.sparse_attention)
+            if stateful:
+                raise ValueError(
+                    f"cache_implementation='static' does not support maskers that keep per-key "
+                    f"state ({', '.join(stateful)}): their state follows the number of cached "
+                    f"keys, which a static cache hides; use cache_implementation='dynamic'"
+                )
+        self.cache_implementation = cache_implementation
         self.model_kwargs = dict(model_kwargs or {})
         self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
         if device is None and "device_map" not in self.model_kwargs:
@@ -216,8 +240,6 @@ class ModelAdapterHF(ModelAdapter):
         "middle"), ``batch_questions`` (answer all questions as one batch). Neither dict is
         modified.
         """
-        from transformers import DynamicCache
-
         generation = self._generation(generation_kwargs)
         options = dict(request_kwargs or {})
         if options.get("batch_questions"):
@@ -228,7 +250,8 @@ class ModelAdapterHF(ModelAdapter):
         )
         device = self._input_device()
         context_ids = context_ids.to(device)
-        cache = DynamicCache(config=self.model.config)
+        longest = max(q.shape[1] for q in questions)
+        cache = self._new_cache(self._cache_len(context_ids.shape[1] + longest, generation))
         with torch.no_grad(), self._dense_mode():
             self.model(
                 input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
@@ -244,9 +267,8 @@ class ModelAdapterHF(ModelAdapter):
             answers.append(
                 self._answer(context_ids, question_ids.to(device), question_cache, generation)
             )
-            extra = cache.get_seq_length() - context_len
-            if own and not last and extra > 0:
-                cache.crop(-extra)  # negative: the number of tokens to drop
+            if own and not last:
+                _crop_to(cache, context_len)
         responses = answers[0] if isinstance(request.questions, str) else answers
         return RequestResponse(responses=responses)
 
@@ -254,7 +276,26 @@ class ModelAdapterHF(ModelAdapter):
         generation = {"max_new_tokens": 50, "do_sample": False}
         generation.update(generation_kwargs or {})
         generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if "max_length" in (generation_kwargs or {}) and "max_new_tokens" not in (
+            generation_kwargs or {}
+        ):
+            del generation["max_new_tokens"]  # the caller's max_length decides
         return generation
+
+    @staticmethod
+    def _cache_len(prompt_len: int, generation: Dict[str, Any]) -> int:
+        """Tokens a static cache must hold for a prompt of ``prompt_len`` tokens."""
+        if "max_new_tokens" in generation:
+            return prompt_len + int(generation["max_new_tokens"])
+        return max(prompt_len + 1, int(generation["max_length"]))
+
+    def _new_cache(self, max_len: int) -> Any:
+        """An empty cache of this adapter's kind; a static one holds ``max_len`` tokens."""
+        from transformers import DynamicCache, StaticCache
+
+        if self.cache_implementation == "static":
+            return StaticCache(config=self.model.config, max_cache_len=max_len)
+        return DynamicCache(config=self.model.config)
 
     def process_requests(
         self,
@@ -269,8 +310,6 @@ class ModelAdapterHF(ModelAdapter):
         maskers count only keys a query may see, so a row selects what it would alone (sizes
         given as fractions use the padded key count).
         """
-        from transformers import DynamicCache
-
         generation = self._generation(generation_kwargs)
         options = dict(request_kwargs or {})
         encoded = []
@@ -286,7 +325,12 @@ class ModelAdapterHF(ModelAdapter):
         rows = torch.tensor([r for r, (_, qs) in enumerate(encoded) for _ in qs])
         questions, question_mask = _pad_left([q for _, qs in encoded for q in qs], pad)
         contexts, context_mask = contexts.to(device), context_mask.to(device)
-        cache = DynamicCache(config=self.model.config)
+        rows = rows.to(device)
+        static = self.cache_implementation == "static"
+        if static:  # a static cache cannot drop batch rows: prefill each question row's context
+            contexts, context_mask = contexts[rows], context_mask[rows]
+            rows = torch.arange(len(rows), device=device)
+        cache = self._new_cache(self._cache_len(contexts.shape[1] + questions.shape[1], generation))
         with torch.no_grad(), self._dense_mode():
             self.model(
                 input_ids=contexts,
@@ -296,9 +340,10 @@ class ModelAdapterHF(ModelAdapter):
                 use_cache=True,
                 logits_to_keep=1,
             )
-        cache.batch_select_indices(rows.to(device))
-        full = torch.cat([contexts[rows.to(device)], questions.to(device)], dim=1)
-        attention = torch.cat([context_mask[rows.to(device)], question_mask.to(device)], dim=1)
+        if not static:
+            cache.batch_select_indices(rows)
+        full = torch.cat([contexts[rows], questions.to(device)], dim=1)
+        attention = torch.cat([context_mask[rows], question_mask.to(device)], dim=1)
         if self.setup == "A" and questions.shape[1] > 1:  # all but the last token dense
             with torch.no_grad(), self._dense_mode():
                 self.model(
@@ -371,9 +416,43 @@ class ModelAdapterHF(ModelAdapter):
 
 
 def _croppable(cache: Any) -> bool:
-    """Whether ``cache.crop`` can roll the cache back (sliding-window layers cannot)."""
+    """Whether the cache can be rolled back (sliding-window layers cannot)."""
     layers = getattr(cache, "layers", ())
     return hasattr(cache, "crop") and not any(hasattr(layer, "sliding_window") for layer in layers)
+
+
+def _crop_to(cache: Any, length: int) -> None:
+    """Rolls a croppable cache back to its first ``length`` tokens. A static layer only moves
+    its write position back (in place: compiled graphs keep the tensor's address); the stale
+    tail is hidden by the attention mask and overwritten by the next tokens."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = getattr(cache, "layers", ())
+    if layers and all(isinstance(layer, StaticLayer) for layer in layers):
+        for layer in layers:
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.fill_(length)
+        return
+    extra = int(cache.get_seq_length()) - length
+    if extra > 0:
+        cache.crop(-extra)  # negative: the number of tokens to drop
+
+
+def _key_state_maskers(sparse_attention: Optional[SparseAttention]) -> List[str]:
+    """Names of the maskers of ``sparse_attention`` that keep state per cached key."""
+    from ..sparse_attention.efficient_attention.implementations.hash_attention import (
+        HashAttention,
+    )
+    from ..sparse_attention.research_attention.maskers.fixed.implementations import (
+        HashAttentionTopKMasker,
+        PQCache,
+        QuestTopKMasker,
+    )
+    from ..sparse_attention.research_attention.maskers.sampling.implementations import MagicPig
+
+    stateful = (HashAttentionTopKMasker, PQCache, QuestTopKMasker, MagicPig, HashAttention)
+    parts = [sparse_attention, *(getattr(sparse_attention, "maskers", None) or [])]
+    return [type(p).__name__ for p in parts if isinstance(p, stateful)]
 
 
 def _pad_left(sequences: List[Tensor], pad: int) -> Tuple[Tensor, Tensor]:

@@ -411,3 +411,66 @@ def test_cuda_sparse_every_key_equals_dense_and_topk_runs(tiny):
         alone = adapter.process_request(request, {"max_new_tokens": 6})
         batched = adapter.process_request(request, {"max_new_tokens": 6}, {"batch_questions": True})
     assert batched.responses == alone.responses
+
+
+# ----------------------------------------------------------------------------------------------
+# Static cache: fixed shapes (the maskers see the whole buffer; the mask hides its unused tail).
+STATIC_TOPK = [SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)]
+
+
+@pytest.mark.parametrize("setup", ["B", "A"])
+def test_static_cache_equals_dynamic_cache(tiny, setup):
+    """Integer masker sizes pick the same keys whatever the buffer length, so a static cache
+    reproduces the dynamic cache's answers (several questions: the static cache is rolled back
+    in place between them), dense and sparse, one by one and batched."""
+    model, tok = tiny
+    request = Request(context_text(seed=9), ["what is the secret code", "is the dog red", "why"])
+    for config in (None, ResearchAttentionConfig(STATIC_TOPK)):
+        with ModelAdapterHF.from_model(model, tok, config, setup=setup) as dynamic:
+            want = dynamic.process_request(request, {"max_new_tokens": 7}).responses
+        with ModelAdapterHF.from_model(
+            model, tok, config, setup=setup, cache_implementation="static"
+        ) as static:
+            got = static.process_request(request, {"max_new_tokens": 7}).responses
+            batched = static.process_request(
+                request, {"max_new_tokens": 7}, {"batch_questions": True}
+            ).responses
+        assert got == want
+        assert batched == want
+
+
+def test_static_cache_honours_max_length_and_refuses_key_state_maskers(tiny):
+    model, tok = tiny
+    request = Request(context_text(seed=10), "what is the secret code")
+    with ModelAdapterHF.from_model(model, tok, None, cache_implementation="static") as adapter:
+        prompt = sum(t.shape[1] for t in (adapter._encode(request)[0], adapter._encode(request)[1][0]))
+        short = adapter.process_request(request, {"max_length": prompt + 3}).responses
+        longer = adapter.process_request(request, {"max_new_tokens": 3}).responses
+    assert short == longer
+    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (  # noqa: E501
+        QuestTopKMaskerConfig,
+    )
+
+    quest = ResearchAttentionConfig([SinkMaskerConfig(3), QuestTopKMaskerConfig(8, page_size=4)])
+    with pytest.raises(ValueError, match="QuestTopKMasker.*cache_implementation='dynamic'"):
+        ModelAdapterHF.from_model(model, tok, quest, cache_implementation="static")
+    with pytest.raises(ValueError, match="cache_implementation must be one of"):
+        ModelAdapterHF.from_model(model, tok, None, cache_implementation="paged")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_static_cache_compiled_decode_equals_eager(tiny):
+    """On CUDA, generate() compiles the decode step of a static cache (transformers' auto
+    compile, CUDA graphs) with the sparse attention inside: same answers as the eager dynamic
+    cache, and the compiled step is reused across questions."""
+    model, tok = tiny
+    model = copy.deepcopy(model).to("cuda")
+    request = Request(context_text(seed=11), ["what is the secret code", "is it blue"])
+    config = ResearchAttentionConfig(STATIC_TOPK)
+    with ModelAdapterHF.from_model(model, tok, config) as eager:
+        want = eager.process_request(request, {"max_new_tokens": 6}).responses
+    torch._dynamo.reset()
+    with ModelAdapterHF.from_model(model, tok, config, cache_implementation="static") as static:
+        got = static.process_request(request, {"max_new_tokens": 6}).responses
+    assert got == want
