@@ -42,9 +42,8 @@ from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed impo
 from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (
     QuestTopKMaskerConfig,
 )
-from sparse_attention_hub.sparse_attention.research_attention.maskers.sampling.implementations import (
-    AdaptiveSamplingMaskerConfig,
-    MagicPigConfig,
+from sparse_attention_hub.sparse_attention.research_attention.maskers.sampling import (
+    implementations as sampling,
 )
 
 
@@ -77,7 +76,7 @@ def chains(heads: int, head_dim: int) -> Dict[str, Tuple[str, Callable[[], List]
             lambda: sl()
             + [
                 OracleTopKConfig(0.05),
-                AdaptiveSamplingMaskerConfig(
+                sampling.AdaptiveSamplingMaskerConfig(
                     base_rate_sampling=0.05,
                     epsilon=0.25,
                     delta=0.25,
@@ -89,7 +88,7 @@ def chains(heads: int, head_dim: int) -> Dict[str, Tuple[str, Callable[[], List]
         ),
         "magicpig_L75K8+sink+local": (
             "P7",
-            lambda: sl() + [MagicPigConfig(lsh_l=75, lsh_k=8, seed=0)],
+            lambda: sl() + [sampling.MagicPigConfig(lsh_l=75, lsh_k=8, seed=0)],
         ),
     }
 

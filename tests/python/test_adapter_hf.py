@@ -443,14 +443,16 @@ def test_static_cache_honours_max_length_and_refuses_key_state_maskers(tiny):
     model, tok = tiny
     request = Request(context_text(seed=10), "what is the secret code")
     with ModelAdapterHF.from_model(model, tok, None, cache_implementation="static") as adapter:
-        prompt = sum(t.shape[1] for t in (adapter._encode(request)[0], adapter._encode(request)[1][0]))
+        context_ids, question_ids = adapter._encode(request)
+        prompt = context_ids.shape[1] + question_ids[0].shape[1]
         short = adapter.process_request(request, {"max_length": prompt + 3}).responses
         longer = adapter.process_request(request, {"max_new_tokens": 3}).responses
     assert short == longer
-    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (  # noqa: E501
-        QuestTopKMaskerConfig,
+    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
+        implementations,
     )
 
+    QuestTopKMaskerConfig = implementations.QuestTopKMaskerConfig
     quest = ResearchAttentionConfig([SinkMaskerConfig(3), QuestTopKMaskerConfig(8, page_size=4)])
     with pytest.raises(ValueError, match="QuestTopKMasker.*cache_implementation='dynamic'"):
         ModelAdapterHF.from_model(model, tok, quest, cache_implementation="static")
