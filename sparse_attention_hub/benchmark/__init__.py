@@ -11,7 +11,9 @@
     )
 
 Results: ``<base>/<model>/<config>/<benchmark>_<subset>/{raw_results.csv, metrics.json,
-config.json, micro_metrics.jsonl}``. The reference's top-level ``benchmark`` package path is
+config.json, micro_metrics.jsonl}``. ``BenchmarkExecutor(..., backend="ray", ray_address=...)``
+runs the same matrix as Ray tasks, one per GPU of a cluster; ``benchmark.raytune`` searches
+masker hyperparameters with Ray Tune. The reference's top-level ``benchmark`` package path is
 kept by a shim that re-exports this package.
 """
 
@@ -46,6 +48,7 @@ from .executor_config import (
     sanitize_model_name,
     validate_benchmark_config,
 )
+from .ray_runner import RayRunner
 from .tasks import (
     AIME2024,
     AIME2025,
@@ -80,6 +83,7 @@ __all__ = [
     "LongBenchv2",
     "Loogle",
     "MockBenchmark",
+    "RayRunner",
     "Ruler",
     "Ruler16K",
     "Ruler32K",

@@ -5,8 +5,9 @@ Execution is split in two so that scale-out is a drop-in:
 - :class:`StubWorker` runs ONE stub in the current process (builds or reuses the adapter,
   configures the micro-metric logger, runs the benchmark, writes the result directory);
 - a runner (:class:`StubRunner`) decides where workers run. :class:`LocalRunner` runs every
-  stub here, one after the other, on one device. A Ray runner (several GPUs or machines) would
-  implement the same ``run`` by placing one :class:`StubWorker` per actor; none is provided yet.
+  stub here, one after the other, on one device (``backend="local"``, the default);
+  :class:`~.ray_runner.RayRunner` runs each stub as a Ray task, one per GPU of a Ray cluster
+  (``backend="ray"``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .results import RESULT_FILES, config_hash
 
 Outcome = Union[BenchmarkResult, BenchmarkFailure]
 AdapterFactory = Callable[[BenchmarkStub, Optional[str]], ModelAdapter]
+BACKENDS = ("local", "ray")
 
 
 def huggingface_adapter(stub: BenchmarkStub, device: Optional[str]) -> ModelAdapter:
@@ -161,6 +163,27 @@ class LocalRunner:
             worker.close()
 
 
+def _backend_runner(
+    backend: str, ray_address: Optional[str], gpu_ids: Optional[List[int]], max_concurrent_runs: int
+) -> StubRunner:
+    """The runner of ``backend``; warns about the reference arguments it does not use."""
+    if backend == "ray":
+        from .ray_runner import RayRunner
+
+        if gpu_ids or max_concurrent_runs > 1:
+            warnings.warn(
+                f"gpu_ids={gpu_ids}, max_concurrent_runs={max_concurrent_runs}: on Ray, the "
+                "cluster's resources decide where and how many stubs run"
+            )
+        return RayRunner(address=ray_address)
+    if (gpu_ids and len(gpu_ids) > 1) or max_concurrent_runs > 1:
+        warnings.warn(
+            f"gpu_ids={gpu_ids}, max_concurrent_runs={max_concurrent_runs}: the local runner "
+            "runs one stub at a time on one device"
+        )
+    return LocalRunner()
+
+
 class BenchmarkExecutor:
     """Runs model x sparse configuration x benchmark x subset, resumably.
 
@@ -178,7 +201,12 @@ class BenchmarkExecutor:
         micro_metrics: metrics to log ("all", a list, or None/[] for none).
         micro_metric_seed: seed of the sampling decisions.
         device: device of the models (overrides ``gpu_ids``; default: CUDA when available).
-        runner: where stubs run (default :class:`LocalRunner`).
+            On Ray each task uses its own GPU, or the CPU.
+        runner: where stubs run (default: the one ``backend`` names).
+        backend: ``"local"`` (:class:`LocalRunner`) or ``"ray"`` (:class:`RayRunner`: one task
+            per GPU of a Ray cluster; needs ``pip install 'ray[tune]'``).
+        ray_address: the cluster of the Ray backend: None (a new local instance, or
+            ``$RAY_ADDRESS``), ``"auto"`` (the running cluster) or an address.
     """
 
     def __init__(
@@ -197,20 +225,24 @@ class BenchmarkExecutor:
         micro_metric_seed: int = 0,
         device: Optional[str] = None,
         runner: Optional[StubRunner] = None,
+        backend: str = "local",
+        ray_address: Optional[str] = None,
     ) -> None:
         if not 0.0 <= micro_metric_logger_sampling_factor <= 1.0:
             raise ValueError(
                 "micro_metric_logger_sampling_factor must be in [0, 1], got "
                 f"{micro_metric_logger_sampling_factor}"
             )
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if ray_address is not None and backend != "ray":
+            raise ValueError(f"ray_address={ray_address!r} needs backend='ray'")
+        if runner is not None and backend != "local":
+            raise ValueError(f"give either runner or backend={backend!r}, not both")
         if runner is None:
-            if (gpu_ids and len(gpu_ids) > 1) or max_concurrent_runs > 1:
-                warnings.warn(
-                    f"gpu_ids={gpu_ids}, max_concurrent_runs={max_concurrent_runs}: the local "
-                    "runner runs one stub at a time on one device"
-                )
+            runner = _backend_runner(backend, ray_address, gpu_ids, max_concurrent_runs)
             if timeout_per_benchmark is not None:
-                warnings.warn("timeout_per_benchmark is not enforced by the local runner")
+                warnings.warn(f"timeout_per_benchmark is not enforced by the {backend} runner")
         if device is None and gpu_ids:
             device = f"cuda:{gpu_ids[0]}"
         self.base_result_dir = base_result_dir
@@ -219,7 +251,7 @@ class BenchmarkExecutor:
         self.required_result_files = required_result_files
         self.verbose = verbose
         self.device = device
-        self.runner: StubRunner = runner or LocalRunner()
+        self.runner: StubRunner = runner
         self.micro_metrics = {
             "enabled_metrics": micro_metrics or [],
             "max_records": micro_metric_logger_max_records,
@@ -285,6 +317,7 @@ class BenchmarkExecutor:
             "failed_stubs": state.failed_stubs,
             "base_result_dir": str(Path(self.base_result_dir).resolve()),
             "device": self.device,
+            "runner": type(self.runner).__name__,
         }
         if self.verbose:
             print(

@@ -44,7 +44,13 @@ def make_serializable(obj: Any) -> Any:
         return sorted((make_serializable(v) for v in obj), key=repr)
     if isinstance(obj, Path):
         return str(obj)
-    return str(obj)
+    text = str(obj)
+    if " at 0x" in text and hasattr(obj, "__dict__"):
+        # Objects whose str is their address (e.g. Ray Tune domains): their type and state,
+        # so that the same configuration hashes the same in every process.
+        state = {k: make_serializable(v) for k, v in sorted(vars(obj).items())}
+        return {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", **state}
+    return text
 
 
 def config_hash(config: Dict[str, Any]) -> str:
