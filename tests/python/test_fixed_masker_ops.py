@@ -118,6 +118,33 @@ def test_oracle_topk_ties_prefer_lower_index(device):
     assert idx.cpu().flatten().tolist() == [0, 1, 2]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sk", [9000, 20000, 40000, 70001])
+@pytest.mark.parametrize("kk", [1, 300, 5000, 10**6])
+@pytest.mark.parametrize("ties", [False, True])
+def test_oracle_topk_long_rows_cuda_equals_cpu(sk, kk, ties):
+    """Long decode rows are selected by a cluster of blocks on the GPU (each owning a slice of
+    the keys): the same keys as the CPU kernel, also with massive ties (integer-valued keys),
+    previous rows, a padding mask and a budget above the available keys."""
+    gen = torch.Generator().manual_seed(sk + kk + ties)
+    b, h, hkv, sq, d = 1, 4, 2, 2, 32
+    q = torch.randn(b, h, sq, d, generator=gen)
+    k = torch.randn(b, hkv, sk, d, generator=gen)
+    if ties:
+        q, k = q.round(), (k * 0.7).round()
+    keep = torch.rand(b, h, sq, sk, generator=gen) < 0.002
+    prev = torch.where(keep, torch.ones(()), torch.zeros(()))
+    additive, _ = causal_additive(b, sq, sk)
+    additive[..., : sk // 7] = float("-inf")  # left padding
+    pi, pp = to_rows(prev)
+    for dtype in (torch.float32, torch.bfloat16):
+        args = (q.to(dtype), k.to(dtype), pi, pp, additive.to(dtype), kk)
+        want = torch.ops.sah.oracle_topk_mask(*args)
+        got = torch.ops.sah.oracle_topk_mask(*(a.cuda() if torch.is_tensor(a) else a for a in args))
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
 @pytest.mark.parametrize("top_p", [0.0, 0.3, 0.8, 0.99])
 @pytest.mark.parametrize("sq,sk", [(1, 50), (3, 24)])
 @pytest.mark.parametrize("with_prev", [False, True])

@@ -20,6 +20,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cooperative_groups.h>
 #include <cub/block/block_scan.cuh>
 #include <type_traits>
 
@@ -487,14 +488,17 @@ __device__ void histogram(const uint32_t* row, int64_t nvec, int pass, uint32_t 
   __syncthreads();
 }
 
-// Rewrites the row's first entries with the keys j (ascending) whose key is > thr, or == thr
-// among the first take_eq such keys; returns their number. Safe in place: the n-th pick's index
-// is >= n, and a chunk is fully read before any of its picks is written.
-__device__ int compact_picks(uint32_t* row, int64_t nvec, uint32_t thr, int take_eq,
-                             cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage& tmp) {
+// Writes to dst, in ascending order, the indices j (key_base + position in src) of the keys of src
+// that are > thr, or == thr among the first take_eq such keys counting eq_done earlier ones; a
+// pick lands at gt_done + (picks > thr before it here) + min(keys == thr before it, take_eq).
+// Returns the numbers of keys > thr and == thr in src. dst may equal src (in place, with zero
+// offsets): the n-th pick's index is >= n, and a chunk is fully read before any pick is written.
+__device__ int2 compact_picks_to(const uint32_t* src, int64_t nvec, int64_t key_base, uint32_t thr,
+                                 int take_eq, int gt_done, int eq_done, uint32_t* dst,
+                                 cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage& tmp) {
   using Scan = cub::BlockScan<unsigned long long, kSelectThreads>;
-  int gt_done = 0, eq_done = 0;  // totals of the earlier chunks
-  const uint4* v = reinterpret_cast<const uint4*>(row);
+  int gt_here = 0, eq_here = 0;  // totals of the earlier chunks of src
+  const uint4* v = reinterpret_cast<const uint4*>(src);
   for (int64_t base = 0; base < nvec; base += static_cast<int64_t>(kSelectThreads) * 4) {
     const int64_t first = base + static_cast<int64_t>(threadIdx.x) * 4;  // 16 consecutive keys
     uint32_t k[16];
@@ -515,19 +519,26 @@ __device__ int compact_picks(uint32_t* row, int64_t nvec, uint32_t thr, int take
     const unsigned long long mine = (static_cast<unsigned long long>(gt) << 32) | eq;
     unsigned long long before, total;
     Scan(tmp).ExclusiveSum(mine, before, total);
-    int eq_seen = eq_done + static_cast<int>(before & 0xffffffffu);
-    int out = gt_done + static_cast<int>(before >> 32) + min(eq_seen, take_eq);
+    int eq_seen = eq_done + eq_here + static_cast<int>(before & 0xffffffffu);
+    int out = gt_done + gt_here + static_cast<int>(before >> 32) + min(eq_seen, take_eq);
 #pragma unroll
     for (int e = 0; e < 16; ++e) {
       bool pick = k[e] > thr;
       if (!pick && k[e] == thr && k[e] != 0u) pick = eq_seen++ < take_eq;
-      if (pick) row[out++] = static_cast<uint32_t>(first * 4 + e);
+      if (pick) dst[out++] = static_cast<uint32_t>(key_base + first * 4 + e);
     }
-    gt_done += static_cast<int>(total >> 32);
-    eq_done += static_cast<int>(total & 0xffffffffu);
+    gt_here += static_cast<int>(total >> 32);
+    eq_here += static_cast<int>(total & 0xffffffffu);
     __syncthreads();
   }
-  return gt_done + min(eq_done, take_eq);
+  return make_int2(gt_here, eq_here);
+}
+
+// In-place compaction of a whole row (see compact_picks_to); returns the number of picks.
+__device__ int compact_picks(uint32_t* row, int64_t nvec, uint32_t thr, int take_eq,
+                             cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage& tmp) {
+  const int2 n = compact_picks_to(row, nvec, 0, thr, take_eq, 0, 0, row, tmp);
+  return n.x + min(n.y, take_eq);
 }
 
 // Oracle top-k (kTopP false) or top-p selection and merge: one block per row.
@@ -643,8 +654,141 @@ __global__ void __launch_bounds__(kSelectThreads)
                             static_cast<int>(p.out_cap), s_tmp.i, &s_len);
 }
 
+// Oracle top-k selection of one row by a thread-block cluster (decode has few rows: one block per
+// row would leave most SMs idle). Block `rank` of the cluster owns the keys of vectors
+// [rank * chunk, (rank + 1) * chunk) of the row; each radix pass sums the blocks' histograms
+// through distributed shared memory, so every block takes the same decisions as select_kernel;
+// the picks are compacted to `picks` (pick_pitch entries per row) at offsets from the blocks'
+// counts, and block 0 merges them with the previous row. Same result as select_kernel<false>.
+__global__ void __launch_bounds__(kSelectThreads)
+    select_topk_cluster_kernel(const __grid_constant__ MaskerParams p, uint32_t* scores,
+                               int64_t pitch, uint32_t* picks, int64_t pick_pitch) {
+  namespace cg = cooperative_groups;
+  using ScanW = cub::BlockScan<int, kSelectThreads>;
+  using ScanU = cub::BlockScan<unsigned long long, kSelectThreads>;
+  __shared__ union {
+    typename ScanW::TempStorage w;
+    typename ScanU::TempStorage u;
+  } s_tmp;
+  __shared__ int s_hist[kMaxBins];  // this block's histogram (read by the whole cluster)
+  __shared__ int s_sum[kMaxBins];   // the cluster's histogram
+  __shared__ int s_above;
+  __shared__ int s_bin, s_low, s_len;
+  __shared__ int2 s_count;          // this block's picks > thr and == thr
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int nblocks = static_cast<int>(cluster.num_blocks());
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t row = blockIdx.x / nblocks;
+  uint32_t* keys = scores + row * pitch;
+  const int64_t nvec_row = pitch / 4;
+  const int64_t chunk = (nvec_row + nblocks - 1) / nblocks;
+  const int64_t v0 = min(nvec_row, rank * chunk), v1 = min(nvec_row, v0 + chunk);
+  uint32_t* mine = keys + v0 * 4;
+  const int64_t nvec = v1 - v0;
+  const int32_t* prev = p.prev_idx + row * p.prev_cap;
+  // The previous row's keys are never candidates (each block clears those of its own chunk).
+  for (int64_t t = threadIdx.x; t < p.prev_cap; t += kSelectThreads) {
+    const int32_t j = prev[t];
+    if (j >= 0 && j < p.k_len && j >= v0 * 4 && j < v1 * 4) keys[j] = 0u;
+  }
+  __syncthreads();
+
+  const int64_t budget = min(p.size, p.k_len);
+  uint32_t thr = 0u;
+  int take_eq = 0, need = 0;
+  bool none = false;
+  uint32_t prefix = 0u;
+  for (int pass = 0; pass < kNumPasses; ++pass) {
+    const int nbins = 1 << pass_bits(pass);
+    histogram<false>(mine, nvec, pass, prefix, 0.0f, s_hist);
+    cluster.sync();  // every block's histogram is complete
+    for (int b = threadIdx.x; b < nbins; b += kSelectThreads) {
+      int total = 0;
+      for (int c = 0; c < nblocks; ++c) total += cluster.map_shared_rank(s_hist, c)[b];
+      s_sum[b] = total;
+    }
+    cluster.sync();  // no block clears its histogram while another still reads it
+    auto ok = [&](int incl, int tot) {
+      const int goal = pass == 0 ? static_cast<int>(min(budget, static_cast<int64_t>(tot))) : need;
+      return incl >= goal;
+    };
+    const BinChoice<int> c =
+        choose_bin<int>(s_sum, nbins, false, ok, s_tmp.w, &s_bin, &s_low, &s_above);
+    if (pass == 0) {
+      need = static_cast<int>(min(budget, static_cast<int64_t>(c.total)));
+      if (need == 0 || c.bin < 0) {
+        none = true;
+        break;
+      }
+    }
+    need -= c.above;
+    prefix |= static_cast<uint32_t>(c.bin) << pass_shift(pass);
+    if (s_sum[c.bin] == need || pass == kNumPasses - 1) {
+      thr = prefix;
+      take_eq = pass == kNumPasses - 1 ? need : INT_MAX;
+      break;
+    }
+    __syncthreads();
+  }
+
+  int n_picks = 0;
+  if (!none) {
+    // Count this block's picks, then compact them after those of the lower-ranked blocks.
+    int gt = 0, eq = 0;
+    for_each_key<kSelectThreads>(mine, nvec, [&](uint32_t k) {
+      gt += k > thr ? 1 : 0;
+      eq += (k == thr && k != 0u) ? 1 : 0;
+    });
+    unsigned long long both = (static_cast<unsigned long long>(gt) << 32) | eq;
+    unsigned long long unused, all;
+    ScanU(s_tmp.u).ExclusiveSum(both, unused, all);
+    if (threadIdx.x == 0) {
+      s_count = make_int2(static_cast<int>(all >> 32), static_cast<int>(all & 0xffffffffu));
+    }
+    cluster.sync();
+    int gt_before = 0, eq_before = 0, gt_all = 0, eq_all = 0;
+    for (int c = 0; c < nblocks; ++c) {
+      const int2 n = *cluster.map_shared_rank(&s_count, c);
+      if (c < rank) {
+        gt_before += n.x;
+        eq_before += n.y;
+      }
+      gt_all += n.x;
+      eq_all += n.y;
+    }
+    n_picks = gt_all + min(eq_all, take_eq);
+    __syncthreads();
+    compact_picks_to(mine, nvec, v0 * 4, thr, take_eq, gt_before, eq_before,
+                     picks + row * pick_pitch, s_tmp.u);
+    __threadfence();
+  }
+  cluster.sync();  // every block's picks are written (and no block reads s_count any more)
+  if (rank != 0) return;
+  merge_row<kSelectThreads>(prev, p.prev_probs + row * p.prev_cap, static_cast<int>(p.prev_cap),
+                            PickList{reinterpret_cast<const int32_t*>(picks + row * pick_pitch),
+                                     0, n_picks},
+                            p.out_idx + row * p.out_cap, p.out_probs + row * p.out_cap,
+                            static_cast<int>(p.out_cap), s_tmp.w, &s_len);
+}
+
 inline Status launch_status() {
   return cudaGetLastError() == cudaSuccess ? Status::kOk : Status::kLaunchFailed;
+}
+
+// Cluster size of the top-k selection: one block per row already fills the GPU for many rows,
+// and short rows do not pay for the cluster barriers; otherwise up to 8 blocks (the portable
+// maximum) per row, each owning at least 4096 keys. 1 = one block per row (select_kernel).
+inline int topk_cluster_blocks(int64_t rows, int64_t k_len) {
+  int c = 1;
+  while (c < 8 && rows * c < 256 && k_len / (2 * c) >= 4096) c *= 2;
+  return c;
+}
+
+// Picks per row of the cluster selection's pick buffer (a multiple of 4: 16-byte rows).
+__host__ __device__ inline int64_t topk_pick_pitch(const MaskerParams& p) {
+  const int64_t n = p.size < p.k_len ? p.size : p.k_len;
+  return (n + 3) / 4 * 4;
 }
 
 // Sizes the kernels index with 32-bit integers.
@@ -665,7 +809,13 @@ inline size_t masker_workspace_bytes(const MaskerParams& p) {
       const int64_t pitch = p.size < p.k_len ? p.size : p.k_len;
       return pitch > 0 ? static_cast<size_t>(rows * pitch) * sizeof(int32_t) : 0;
     }
-    case MaskerKind::kTopK:
+    case MaskerKind::kTopK: {
+      const size_t scores = static_cast<size_t>(rows * masker_detail::score_pitch(p.k_len));
+      const size_t picks = masker_detail::topk_cluster_blocks(rows, p.k_len) > 1
+                               ? static_cast<size_t>(rows * masker_detail::topk_pick_pitch(p))
+                               : 0;
+      return (scores + picks) * sizeof(uint32_t);
+    }
     case MaskerKind::kTopP:
       return static_cast<size_t>(rows * masker_detail::score_pitch(p.k_len)) * sizeof(uint32_t);
   }
@@ -719,6 +869,26 @@ Status oracle_mask(const MaskerParams& p, void* workspace, cudaStream_t stream) 
   Status st = launch_status();
   if (st != Status::kOk) return st;
   const unsigned rows = static_cast<unsigned>(p.rows());
+  const int cluster = p.kind == MaskerKind::kTopK ? topk_cluster_blocks(p.rows(), p.k_len) : 1;
+  if (cluster > 1) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(rows * cluster);
+    config.blockDim = dim3(kSelectThreads);
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    uint32_t* picks = keys + p.rows() * pitch;
+    if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, p, keys, pitch, picks,
+                           topk_pick_pitch(p)) == cudaSuccess) {
+      return launch_status();
+    }
+    (void)cudaGetLastError();  // no cluster support: one block per row below
+  }
   if (p.kind == MaskerKind::kTopK) {
     select_kernel<false><<<rows, kSelectThreads, 0, stream>>>(p, keys, pitch);
   } else {
