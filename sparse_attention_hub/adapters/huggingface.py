@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import torch
 from torch import nn
 
+from ..attention_manager import AttentionManagerMixin
 from ..sparse_attention.base import SparseAttention, SparseAttentionConfig
 from .base import ModelAdapter, Request, RequestResponse
 from .model_servers import ModelServerHF
@@ -29,7 +30,7 @@ TRUNCATIONS = ("head", "middle")
 CACHES = ("dynamic", "static")
 
 
-class ModelAdapterHF(ModelAdapter):
+class ModelAdapterHF(AttentionManagerMixin, ModelAdapter):
     """A HuggingFace model whose attention can run a sparse attention configuration.
 
     Args:
@@ -50,6 +51,10 @@ class ModelAdapterHF(ModelAdapter):
             the same keys as with a dynamic cache, but fractional sizes and the full-attention
             shortcuts refer to the buffer length. Maskers that keep per-key state
             (HashAttention, PQCache, Quest, MagicPig) need a dynamic cache.
+        attention_type: pins an AttentionManager backend ("dense", "sdpa", "sparse",
+            "chunked"); None lets :meth:`select_attention` choose. Each request logs the
+            backend chosen for its question shape (logger
+            ``sparse_attention_hub.attention_manager``).
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class ModelAdapterHF(ModelAdapter):
         model: Optional[nn.Module] = None,
         tokenizer: Any = None,
         cache_implementation: str = "dynamic",
+        attention_type: Optional[str] = None,
     ) -> None:
         super().__init__(model_name, sparse_attention_config)
         if setup not in SETUPS:
@@ -106,6 +112,7 @@ class ModelAdapterHF(ModelAdapter):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._separator = "".join(secrets.choice(string.ascii_letters) for _ in range(100))
         self._attention_name: Optional[str] = None
+        self.init_attention_manager(attention_type)
 
     @classmethod
     def from_model(
@@ -257,6 +264,7 @@ class ModelAdapterHF(ModelAdapter):
                 input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
             )
         context_len = context_ids.shape[1]
+        self.select_attention(longest, context_len + longest)  # logs the choice and the reason
         answers = []
         for i, question_ids in enumerate(questions):
             last = i == len(questions) - 1
