@@ -19,6 +19,10 @@ import torch.nn.functional as F
 from reference import causal_additive
 
 from sparse_attention_hub import ops
+from sparse_attention_hub.sparse_attention.efficient_attention import EfficientAttention
+from sparse_attention_hub.sparse_attention.efficient_attention.implementations import (
+    DoubleSparsityConfig,
+)
 from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttention,
     ResearchAttentionConfig,
@@ -687,3 +691,348 @@ def test_compile_sink_local_quest_chain_with_attention():
     assert torch.equal(ours.page_min[:, :, :7], theirs.page_min[:, :, :7])
     assert torch.equal(ours.page_max[:, :, :7], theirs.page_max[:, :, :7])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: the same indices, probabilities and page statistics as the CPU kernels, bit for
+# bit (the CUDA kernels run the CPU's float operations in the CPU's order)
+
+
+def cuda_test(fn):
+    """A test of the CUDA kernels: the `gpu` mark, skipped without a CUDA device."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.gpu(skip(fn))
+
+
+def strided(x):
+    """x's values in a non-contiguous layout (dimensions 1 and 2 swapped in memory)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def to_cuda(x):
+    """x on CUDA with its strides kept (None and non-tensors pass through)."""
+    return x.cuda() if isinstance(x, torch.Tensor) else x
+
+
+def assert_same_bits(want, got):
+    """Exact equality, NaN payloads and zero signs included (got may live on CUDA)."""
+    got = got.cpu()
+    assert want.dtype == got.dtype and want.shape == got.shape
+    bits = {torch.float32: torch.int32, torch.int32: torch.int32}[want.dtype]
+    assert torch.equal(want.view(bits), got.view(bits))
+
+
+def assert_same_rows(want, got):
+    assert_same_bits(want[0], got[0])
+    assert_same_bits(want[1], got[1])
+
+
+def run_on_both(op, *args):
+    """op's outputs on the CPU arguments and on their CUDA copies."""
+    return op(*args), op(*[to_cuda(a) for a in args])
+
+
+def cuda_case_mask(kind, b, h, sq, sk, gen, dtype=torch.float32):
+    """(attention mask over sk + 5 columns or None, allowed keys (b|1, h|1, sq, sk)): an HF
+    additive mask with causal structure and per-batch left padding (in `dtype`), its bool form,
+    a random per-head bool mask, an additive mask with finite negative values on allowed keys, or
+    a static-cache mask (keys from sk - 13 not written yet)."""
+    n = sk + 5
+    causal = torch.arange(n)[None, :] <= (sk - sq + torch.arange(sq))[:, None]
+    pad = torch.randint(0, max(1, sk // 3), (b,), generator=gen).tolist()
+    allowed = causal.expand(b, 1, sq, n).clone()
+    for i, p in enumerate(pad):
+        allowed[i, ..., :p] = False
+    if kind == "none":
+        return None, causal[:, :sk]
+    if kind == "bool":
+        return allowed, allowed[..., :sk]
+    if kind == "bool_heads":
+        allowed = (torch.rand(b, h, sq, n, generator=gen) < 0.6) & causal
+        return allowed, allowed[..., :sk]
+    if kind == "static":
+        valid = sk - 13
+        allowed = torch.arange(n)[None, :] <= (valid - sq + torch.arange(sq))[:, None]
+        allowed = allowed.expand(1, 1, sq, n)
+    values = torch.zeros(allowed.shape)
+    if kind == "values":
+        values = -3 * torch.rand(allowed.shape, generator=gen)
+    mask = values.to(dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask, allowed[..., :sk]
+
+
+def cuda_case_prev(kind, b, h, sq, sk, gen, mask, allowed):
+    """Previous rows: none, random (p = 1 or 0.3 on allowed keys) or sink + local rows."""
+    if kind == "none":
+        return empty_rows(b, h, sq)
+    if kind == "random":
+        return ops.dense_to_rows(random_prev(b, h, sq, sk, gen, allowed))
+    si, sp = torch.ops.sah.sink_mask(*empty_rows(b, h, sq), mask, sk, 3)
+    return torch.ops.sah.local_mask(si, sp, mask, sk, 5)
+
+
+# (batch, heads, kv_heads, q_len, k_len, head_dim, page_size, pages, label_bits, mask, dtype)
+QUEST_CUDA_CASES = [
+    (2, 8, 2, 1, 300, 64, 16, 5, 16, "none", torch.float32),  # decode, GQA
+    (2, 8, 2, 1, 300, 64, 16, 5, 16, "additive", torch.bfloat16),  # padded HF mask
+    (1, 4, 4, 1, 129, 128, 1, 40, 16, "bool", torch.float16),  # page size 1
+    (3, 6, 2, 5, 77, 40, 8, 3, 4, "bool_heads", torch.float32),  # head_dim % 32 != 0
+    (2, 4, 1, 9, 50, 8, 7, 100, 1, "values", torch.float16),  # more pages than there are
+    (2, 4, 2, 3, 60, 16, 4, 0, 16, "additive", torch.float32),  # zero budget
+    (1, 32, 8, 1, 5000, 128, 16, 20, 16, "additive", torch.bfloat16),  # several page tiles
+    (2, 4, 2, 20, 40, 16, 5, 4, 8, "none", torch.float64),  # several query-row tiles
+    (2, 4, 2, 6, 90, 32, 4, 6, 16, "static", torch.float32),  # static cache
+    (1, 2, 1, 4, 3, 8, 2, 3, 16, "none", torch.float32),  # q_len > k_len: early rows see nothing
+]
+
+
+@cuda_test
+@pytest.mark.parametrize("case", QUEST_CUDA_CASES)
+@pytest.mark.parametrize("prev", ["none", "random", "sink_local"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_quest_cuda_matches_cpu(case, prev, layout):
+    b, h, hkv, sq, sk, d, ps, pages, bits, mask_kind, dtype = case
+    gen = torch.Generator().manual_seed(sq * 1000 + sk * 10 + ps)
+    q = torch.randn(b, h, sq, d, generator=gen).to(dtype)
+    k = torch.randn(b, hkv, sk, d, generator=gen).to(dtype)
+    mask, allowed = cuda_case_mask(mask_kind, b, h, sq, sk, gen, dtype)
+    pi, pp = cuda_case_prev(prev, b, h, sq, sk, gen, mask, allowed)
+    lo, hi = page_stats(k, ps, capacity=-(-sk // ps) + 3)  # NaN past the pages in use
+    if layout == "strided":
+        q, pi, pp = strided(q), strided(pi), strided(pp)
+        mask = None if mask is None else mask[..., : sk + 2]
+    want, got = run_on_both(
+        torch.ops.sah.quest_topk_mask, q, lo, hi, pi, pp, mask, sk, ps, pages, bits
+    )
+    assert_same_rows(want, got)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("page_size", [1, 5, 16])
+def test_quest_page_stats_cuda_match_cpu_over_decode_steps(dtype, page_size):
+    """Incremental updates (single steps and chunks, from a non-contiguous key cache with signed
+    zeros) give the CPU's statistics, the same as recomputing from scratch, and never touch the
+    complete pages before the cached partial one."""
+    gen = torch.Generator().manual_seed(51 + page_size)
+    b, hkv, d, total = 2, 3, 40, 140
+    cache = torch.randn(b, hkv, total, d, generator=gen)
+    cache[:, :, ::7] = 0.0
+    cache[:, :, 3::11, ::2] = -0.0
+    cache = cache.to(dtype)
+    cache_cuda = cache.cuda()
+    capacity = -(-total // page_size) + 2
+    state = [torch.full((b, hkv, capacity, d), float("nan")) for _ in range(2)]
+    state_cuda = [s.cuda() for s in state]
+    n = 0
+    for step in [13, 1, 1, 1, page_size, 7, 1, 30, 1, 2, 17, 1, 40, 1, 1, 1, 1, 1, 1, 1]:
+        new = n + step
+        assert new <= total
+        done = n // page_size  # complete pages before the partial one: never rewritten
+        before = state_cuda[0][:, :, :done].clone()
+        torch.ops.sah.quest_page_minmax_update(cache[:, :, :new], *state, n, page_size)
+        torch.ops.sah.quest_page_minmax_update(cache_cuda[:, :, :new], *state_cuda, n, page_size)
+        assert_same_bits(state[0], state_cuda[0])
+        assert_same_bits(state[1], state_cuda[1])
+        assert_same_bits(before.cpu(), state_cuda[0][:, :, :done])
+        fresh = page_stats(cache_cuda[:, :, :new], page_size)
+        pages = -(-new // page_size)
+        assert_same_bits(fresh[0].cpu(), state_cuda[0][:, :, :pages])
+        assert_same_bits(fresh[1].cpu(), state_cuda[1][:, :, :pages])
+        n = new
+
+
+# (batch, heads, kv_heads, q_len, k_len, head_dim, k, group_factor, label_bits, mask, dtype)
+DS_CUDA_CASES = [
+    (2, 8, 2, 1, 300, 64, 20, 8, 4, "none", torch.float32),  # decode, GQA
+    (2, 8, 2, 1, 300, 64, 20, 8, 4, "additive", torch.bfloat16),  # padded HF mask
+    (1, 4, 4, 1, 129, 128, 7, 16, 16, "bool", torch.float16),
+    (3, 6, 2, 5, 77, 40, 9, 4, 8, "bool_heads", torch.float32),
+    (2, 4, 1, 9, 50, 8, 100, 1, 1, "values", torch.float16),  # budget above the allowed keys
+    (2, 4, 2, 3, 60, 16, 0, 2, 4, "additive", torch.float32),  # zero budget
+    (1, 32, 8, 1, 3000, 128, 100, 16, 4, "additive", torch.bfloat16),
+    (2, 4, 2, 20, 40, 16, 5, 2, 16, "none", torch.float64),  # several query-row tiles
+    (2, 4, 2, 6, 90, 32, 10, 4, 4, "static", torch.float32),  # static cache
+    (1, 2, 1, 4, 3, 8, 2, 2, 16, "none", torch.float32),  # q_len > k_len
+]
+
+
+@cuda_test
+@pytest.mark.parametrize("case", DS_CUDA_CASES)
+@pytest.mark.parametrize("prev", ["none", "random", "sink_local"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_double_sparsity_cuda_matches_cpu(case, prev, layout):
+    b, h, hkv, sq, sk, d, k, gf, bits, mask_kind, dtype = case
+    gen = torch.Generator().manual_seed(sq * 1000 + sk * 10 + k)
+    q = torch.randn(b, h, sq, d, generator=gen).to(dtype)
+    keys = torch.randn(b, hkv, sk, d, generator=gen).to(dtype)
+    channels = random_channels(gen, h, d)
+    mask, allowed = cuda_case_mask(mask_kind, b, h, sq, sk, gen, dtype)
+    pi, pp = cuda_case_prev(prev, b, h, sq, sk, gen, mask, allowed)
+    if layout == "strided":
+        q, keys, pi, pp = strided(q), strided(keys), strided(pi), strided(pp)
+        channels = channels[:, :3].t().contiguous().t()  # fewer channels than d // gf, strided
+        mask = None if mask is None else mask[..., : sk + 2]
+    want, got = run_on_both(
+        torch.ops.sah.double_sparsity_topk_mask, q, keys, channels, pi, pp, mask, k, gf, bits
+    )
+    assert_same_rows(want, got)
+
+
+@cuda_test
+def test_cuda_ties_prefer_lower_index():
+    q = torch.ones(1, 2, 1, 8)
+    keys = torch.ones(1, 1, 50, 8)
+    keys[0, 0, 40:44] = 2.0
+    channels = torch.arange(8).expand(2, 8)
+    pi, pp = empty_rows(1, 2, 1)
+    want, got = run_on_both(
+        torch.ops.sah.double_sparsity_topk_mask, q, keys, channels, pi, pp, None, 7, 2, 16
+    )
+    assert_same_rows(want, got)
+    assert got[0][0, 0, 0].tolist() == [0, 1, 2, 40, 41, 42, 43]
+    lo, hi = page_stats(torch.ones(1, 1, 50, 8), 4)  # every page ties
+    want, got = run_on_both(torch.ops.sah.quest_topk_mask, q, lo, hi, pi, pp, None, 50, 4, 3, 16)
+    assert_same_rows(want, got)
+    assert got[0][0, 1, 0].tolist() == list(range(12))
+
+
+@cuda_test
+def test_cuda_decode_ops_do_not_sync_with_the_host():
+    gen = torch.Generator().manual_seed(52)
+    b, h, hkv, d, sk, ps = 2, 8, 2, 64, 1000, 16
+    q = torch.randn(b, h, 1, d, generator=gen).cuda()
+    keys = torch.randn(b, hkv, sk, d, generator=gen).cuda()
+    mask = padded_causal(b, 1, sk, pad=[0, 17])[0].cuda()
+    lo, hi = page_stats(keys[:, :, :-1], ps, capacity=-(-sk // ps))
+    channels = random_channels(gen, h, d).cuda()
+    pi, pp = empty_rows(b, h, 1, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.ops.sah.quest_page_minmax_update(keys, lo, hi, sk - 1, ps)
+        torch.ops.sah.quest_topk_mask(q, lo, hi, pi, pp, mask, sk, ps, 8, 16)
+        torch.ops.sah.quest_topk_mask(q, lo, hi, pi, pp, mask, sk, ps, 8, 4)
+        torch.ops.sah.double_sparsity_topk_mask(q, keys, channels, pi, pp, mask, 64, 16, 4)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+@cuda_test
+def test_opcheck_cuda():
+    gen = torch.Generator().manual_seed(53)
+    q = torch.randn(1, 4, 2, 8, generator=gen).cuda()
+    k = torch.randn(1, 2, 21, 8, generator=gen).cuda()
+    additive = causal_additive(1, 2, 21)[0].cuda()
+    si, sp = torch.ops.sah.sink_mask(*empty_rows(1, 4, 2, "cuda"), additive, 21, 2)
+    lo, hi = torch.zeros(1, 2, 7, 8, device="cuda"), torch.zeros(1, 2, 7, 8, device="cuda")
+    torch.library.opcheck(torch.ops.sah.quest_page_minmax_update, (k, lo, hi, 0, 4))
+    torch.library.opcheck(torch.ops.sah.quest_page_minmax_update, (k, lo, hi, 13, 4))
+    torch.library.opcheck(
+        torch.ops.sah.quest_topk_mask, (q, lo, hi, si, sp, additive, 21, 4, 3, 16)
+    )
+    torch.library.opcheck(torch.ops.sah.quest_topk_mask, (q, lo, hi, si, sp, None, 21, 4, 2, 4))
+    channels = random_channels(gen, 4, 8).cuda()
+    torch.library.opcheck(
+        torch.ops.sah.double_sparsity_topk_mask, (q, k, channels, si, sp, additive, 3, 2, 4)
+    )
+
+
+@cuda_test
+def test_compile_cuda_matches_eager():
+    """The three ops in one CUDA graph (fullgraph, in-place page statistics) equal eager."""
+
+    def step(q, keys, lo, hi, channels, mask, cached):
+        torch.ops.sah.quest_page_minmax_update(keys, lo, hi, cached, 4)
+        lead = (q.shape[0], q.shape[1], q.shape[2], 0)
+        pi = torch.empty(lead, dtype=torch.int32, device=q.device)
+        pp = torch.empty(lead, dtype=torch.float32, device=q.device)
+        qi, qp = torch.ops.sah.quest_topk_mask(q, lo, hi, pi, pp, mask, keys.shape[2], 4, 3, 8)
+        return torch.ops.sah.double_sparsity_topk_mask(q, keys, channels, qi, qp, mask, 5, 2, 4)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    gen = torch.Generator().manual_seed(54)
+    q = torch.randn(2, 4, 1, 16, generator=gen).cuda()
+    keys = torch.randn(2, 2, 45, 16, generator=gen).cuda()
+    channels = random_channels(gen, 4, 16).cuda()
+    mask = padded_causal(2, 1, 45, pad=[0, 6])[0].cuda()
+    eager_state = list(page_stats(keys[:, :, :44], 4, capacity=16))
+    compiled_state = [s.clone() for s in eager_state]
+    want = step(q, keys, *eager_state, channels, mask, 44)
+    got = compiled(q, keys, *compiled_state, channels, mask, 44)
+    assert_same_rows([t.cpu() for t in want], got)
+    assert_same_bits(eager_state[0].cpu(), compiled_state[0])
+    assert_same_bits(eager_state[1].cpu(), compiled_state[1])
+
+
+@cuda_test
+def test_cuda_size_limits_name_the_argument():
+    quest = torch.ops.sah.quest_topk_mask
+    q = torch.randn(1, 65536, 1, 1, device="cuda")
+    stats = torch.zeros(1, 65536, 1, 1, device="cuda")
+    pi, pp = empty_rows(1, 65536, 1, "cuda")
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape("batch * kv_heads of page_min must be at most 65535 on CUDA, got 65536"),
+    ):
+        quest(q, stats, stats, pi, pp, None, 1, 1, 1, 16)
+    ds = torch.ops.sah.double_sparsity_topk_mask
+    pi, pp = empty_rows(1, 1, 1, "cuda")
+    q = torch.randn(1, 1, 1, 2048, device="cuda")
+    keys = torch.randn(1, 1, 4, 2048, device="cuda")
+    scored = "min(channels.size(1), head_dim / group_factor) must be at most 1024 on CUDA, got 2048"
+    with pytest.raises(RuntimeError, match=re.escape(scored)):
+        ds(q, keys, torch.arange(2048, device="cuda")[None], pi, pp, None, 2, 1, 16)
+    n = 65535 * 256 + 1
+    q = torch.randn(1, 1, 1, 1, device="cuda", dtype=torch.float16)
+    keys = torch.zeros(1, 1, n, 1, device="cuda", dtype=torch.float16)
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"keys.size(2) (k_len) must be at most {n - 1} on CUDA")
+    ):
+        ds(q, keys, torch.zeros(1, 1, dtype=torch.long, device="cuda"), pi, pp, None, 1, 1, 16)
+
+
+@cuda_test
+@pytest.mark.parametrize("heavy", [0.3, 20])
+def test_maskers_and_efficient_double_sparsity_cuda_match_cpu(tmp_path, heavy):
+    """QuestTopKMasker over a decode loop (cached page statistics), DoubleSparsityTopKMasker and
+    the efficient DoubleSparsity path give the CPU's masks (and states) on CUDA."""
+    gen = torch.Generator().manual_seed(55)
+    b, h, hkv, d, ps = 2, 8, 2, 32, 4
+    keys = torch.randn(b, hkv, 60, d, generator=gen, dtype=torch.bfloat16)
+    table = {"model.layers.3.self_attn.qk_proj": random_channels(gen, h, d).tolist()}
+    path = channel_file(tmp_path, table)
+    quest = QuestTopKMasker(QuestTopKMaskerConfig(heavy_size=heavy, page_size=ps, label_bits=6))
+    ds = DoubleSparsityTopKMasker(
+        DoubleSparsityTopKMaskerConfig(heavy_size=heavy, sorted_channel_file=path, group_factor=4)
+    )
+    efficient = EfficientAttention.create_from_config(DoubleSparsityConfig(heavy, 2, 3, path, 4, 4))
+    smd = {"cpu": {}, "cuda": {}}
+    for step in [0, 1, 1, 1, 5, 1, 1]:
+        if step:
+            keys = torch.cat([keys, torch.randn(b, hkv, step, d, generator=gen).bfloat16()], 2)
+        sk = keys.shape[2]
+        q = torch.randn(b, h, 1, d, generator=gen, dtype=torch.bfloat16)
+        values = torch.randn(b, hkv, sk, d, generator=gen, dtype=torch.bfloat16)
+        mask = padded_causal(b, 1, sk, pad=[0, 9])[0].bfloat16()
+        rows = {}
+        for device in ("cpu", "cuda"):
+            qd, kd, vd, md = (x.to(device) for x in (q, keys, values, mask))
+            prev_rows = torch.ops.sah.sink_mask(*empty_rows(b, h, 1, device), md, sk, 2)
+            prev = Mask.create_from_rows((b, h, 1, sk), *prev_rows)
+            got = quest.add_mask(kd, qd, vd, md, 1.0, 0.0, smd[device], prev, layer_idx=3)
+            got_ds = ds.add_mask(kd, qd, vd, md, 1.0, 0.0, {}, prev, layer_idx=3)
+            out, _ = efficient.custom_attention(
+                None, qd, kd, vd, md, 0.2, 0.0, sparse_meta_data={}, layer_idx=3
+            )
+            rows[device] = (got.get_rows(), got_ds.get_rows(), out)
+        assert_same_rows(rows["cpu"][0], rows["cuda"][0])
+        assert_same_rows(rows["cpu"][1], rows["cuda"][1])
+        torch.testing.assert_close(rows["cuda"][2].cpu(), rows["cpu"][2], atol=2e-2, rtol=2e-2)
+        cpu_state, cuda_state = smd["cpu"]["quest"][3], smd["cuda"]["quest"][3]
+        assert cpu_state.num_keys == cuda_state.num_keys == sk
+        pages = -(-sk // ps)
+        assert_same_bits(cpu_state.page_min[:, :, :pages], cuda_state.page_min[:, :, :pages])
+        assert_same_bits(cpu_state.page_max[:, :, :pages], cuda_state.page_max[:, :, :pages])
