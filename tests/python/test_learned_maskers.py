@@ -5,9 +5,10 @@ HashAttention: signatures are sign(MLP) with 0 counted as +1, bit-packed; the sc
 the +-1 dot product plus the additive mask; the k best candidates (keys the query may see, not in
 the previous mask) join the mask, equal scores going to the lower key index. PQCache: codes are
 nearest centroids, scores are sums of query . centroid over sub-spaces, then the same top-k.
-CPU only: these ops have no CUDA kernels yet.
+The CUDA kernels must give exactly the CPU kernels' results (tests marked ``gpu``).
 """
 
+import itertools
 import json
 import pickle
 import re
@@ -35,7 +36,9 @@ from sparse_attention_hub.sparse_attention.research_attention import (
 )
 from sparse_attention_hub.sparse_attention.research_attention.maskers import ResearchMasker
 from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
+    LocalMasker,
     LocalMaskerConfig,
+    SinkMasker,
     SinkMaskerConfig,
     TopKMasker,
     TopKMaskerConfig,
@@ -790,3 +793,456 @@ def test_bad_inputs():
         torch.ops.sah.pq_topk_mask(
             torch.randn(1, 2, 1, 8), books, codes, bad, torch.ones(1, 2, 1, 1), None, 2
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: the same signatures, codes, picks and probabilities as the CPU kernels.
+#
+# Each test builds its inputs on the CPU and again on the GPU (non-contiguous views are taken on
+# each device, so that the GPU kernels see them too). The CPU sums a PQ lookup-table entry in an
+# order its compiler may vectorise, so exact top-k comparisons use dyadic queries and centroids
+# (every partial sum is exact); with random floats only near-ties may differ.
+
+CUDA = "cuda"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+MASK_KINDS = ["none", "causal", "padded_bf16", "offsets", "offsets_f64", "bool", "static"]
+PREV_KINDS = ["empty", "sink_local", "random"]
+
+
+def assert_same(got, want):
+    """The GPU op's outputs equal the CPU op's: dtype, shape and every value."""
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.device.type == torch.device(CUDA).type
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.equal(g.cpu(), w)
+
+
+def on_cuda(*tensors):
+    return [t.to(CUDA) if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+def assert_equal_outputs(got, want):
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def hf_mask(b, sq, sk, dtype=torch.float32, valid=None, pad=(), width=None):
+    """HF additive 4-D mask (b, 1, sq, width or sk) in ``dtype``: query i sits at position
+    valid - sq + i of ``valid`` real keys (a static cache holds sk >= valid key rows), batch row
+    r starts with pad[r] padding keys; forbidden keys hold the dtype's lowest value."""
+    valid = sk if valid is None else valid
+    width = sk if width is None else width
+    pos = valid - sq + torch.arange(sq)
+    allowed = (torch.arange(width)[None, :] <= pos[:, None]).expand(b, 1, sq, width).clone()
+    for r, n in enumerate(pad):
+        allowed[r, :, :, :n] = False
+    low = torch.finfo(dtype).min
+    return torch.zeros(b, 1, sq, width, dtype=dtype).masked_fill(~allowed, low)
+
+
+def make_mask(kind, b, sq, sk, gen):
+    """An attention mask of one of MASK_KINDS (None for "none")."""
+    if kind == "none":
+        return None
+    if kind == "causal":
+        return hf_mask(b, sq, sk)
+    if kind == "padded_bf16":
+        return hf_mask(b, sq, sk, torch.bfloat16, pad=(3,))
+    if kind in ("offsets", "offsets_f64"):  # finite offsets on (b, h=1, sq, sk), some -inf keys
+        dtype = torch.float32 if kind == "offsets" else torch.float64
+        mask = hf_mask(b, sq, sk, dtype) + torch.randn(b, 1, sq, sk, generator=gen).to(dtype)
+        mask[..., 1] = float("-inf")
+        return mask
+    if kind == "bool":  # a padding mask (b, 1, 1, sk)
+        return torch.rand(b, 1, 1, sk, generator=gen) < 0.8
+    if kind == "static":  # sk cache rows, the last 5 not written yet; 3 extra mask columns
+        return hf_mask(b, sq, sk, valid=max(sk - 5, sq), width=sk + 3)
+    raise ValueError(kind)
+
+
+def prev_rows(kind, b, h, sq, sk, mask, gen):
+    """Previous rows of one of PREV_KINDS: none, sink 2 + window 3 (p = 1), or random picks
+    with p in {0.3, 1}."""
+    empty = torch.empty(b, h, sq, 0, dtype=torch.int32), torch.empty(b, h, sq, 0)
+    if kind == "empty":
+        return empty
+    if kind == "random":
+        return to_rows(random_prev(b, h, sq, sk, gen, density=0.3))
+    rows = torch.ops.sah.sink_mask(*empty, mask, sk, 2)
+    return torch.ops.sah.local_mask(*rows, mask, sk, 3)
+
+
+def dyadic(gen, *shape):
+    """Multiples of 1/4 in [-2, 2]: exact in every float dtype, and so are their small sums."""
+    return torch.randint(-8, 9, shape, generator=gen) / 4
+
+
+HASH_SHAPES = [  # (batch, heads, key_heads, q_len, k_len)
+    (1, 4, 4, 1, 40),
+    (2, 4, 2, 1, 5000),  # decode over two key spans of a scoring block, GQA group of 2
+    (2, 8, 1, 5, 30),  # 40 query rows of one key head: several row chunks
+    (1, 12, 1, 3, 300),
+    (2, 2, 2, 7, 9),
+    (1, 2, 1, 6, 4),  # more queries than keys: the first rows see no key
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("shape", HASH_SHAPES)
+@pytest.mark.parametrize("bits", [5, 32, 45])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_cuda_hash_topk_equals_cpu(shape, bits, mask_kind):
+    """Non-contiguous signatures (query heads transposed, key rows a prefix of a larger cache)
+    with garbage in the padding bits, every mask kind, previous rows and budget."""
+    b, h, hk, sq, sk = shape
+    gen = torch.Generator().manual_seed(bits * 1000 + sk + sq * 7 + MASK_KINDS.index(mask_kind))
+    q_base = ref_pack(torch.randn(b, sq, h, bits, generator=gen))
+    cache = ref_pack(torch.randn(b, hk, sk + 8, bits, generator=gen))
+    if bits % 32:  # set every padding bit of the last word: the kernels must ignore them
+        pad = torch.tensor(-(1 << (bits % 32)), dtype=torch.int32)
+        q_base[..., -1] |= pad
+        cache[..., -1] |= pad
+    mask = make_mask(mask_kind, b, sq, sk, gen)
+    dev = (q_base.to(CUDA).transpose(1, 2), cache.to(CUDA)[:, :, :sk])
+    for prev_kind in PREV_KINDS:
+        pi, pp = prev_rows(prev_kind, b, h, sq, sk, mask, gen)
+        for k in (0, 1, 7, sk):
+            want = torch.ops.sah.hash_topk_mask(
+                q_base.transpose(1, 2), cache[:, :, :sk], pi, pp, mask, k, bits
+            )
+            got = torch.ops.sah.hash_topk_mask(*dev, *on_cuda(pi, pp, mask), k, bits)
+            assert_same(got, want)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_hash_topk_decode_128k_equals_cpu():
+    """A decode step at 128K keys: 32 query heads over 8 key heads, bf16 HF mask with padding,
+    sink + window rows before."""
+    gen = torch.Generator().manual_seed(20)
+    b, h, hk, sk, bits = 2, 32, 8, 131072, 32
+    qs = ref_pack(torch.randn(b, h, 1, bits, generator=gen))
+    ks = ref_pack(torch.randn(b, hk, sk, bits, generator=gen))
+    mask = hf_mask(b, 1, sk, torch.bfloat16, pad=(0, 1000))
+    pi, pp = prev_rows("sink_local", b, h, 1, sk, mask, gen)
+    for k in (0, 2048, sk):
+        want = torch.ops.sah.hash_topk_mask(qs, ks, pi, pp, mask, k, bits)
+        assert_same(torch.ops.sah.hash_topk_mask(*on_cuda(qs, ks, pi, pp, mask), k, bits), want)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_pack_signs_equals_cpu(dtype):
+    """Exact zeros of both signs, NaN, infinities and tiny negatives (subnormal in float32 and
+    bfloat16); strided, transposed, 1-D, empty and 9-D inputs."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 3, 5, 70, generator=gen).to(dtype)
+    tiny = torch.finfo(dtype).tiny / 4
+    special = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), -tiny, tiny]
+    x[0, 0, 0, :7] = torch.tensor(special, dtype=dtype)
+    cases = [
+        lambda t: t,
+        lambda t: t.transpose(1, 2),
+        lambda t: t[..., ::2],  # strided bits (35 of them)
+        lambda t: t[1, 2, 3, :33],
+        lambda t: t[..., :0],
+        lambda t: (
+            t[:1, :1, :1, :40]
+            .reshape(1, 1, 1, 1, 1, 1, 1, 1, 40)
+            .expand(2, 1, 1, 1, 1, 1, 1, 2, 40)
+        ),
+    ]
+    for view in cases:
+        want = torch.ops.sah.hash_pack_signs(view(x))
+        assert_same(torch.ops.sah.hash_pack_signs(view(x.to(CUDA))), want)
+    assert torch.equal(torch.ops.sah.hash_pack_signs(x), ref_pack(x.double()))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sub,centroids", [(1, 5), (2, 16), (8, 256), (3, 33)])
+def test_cuda_pq_encode_equals_cpu(dtype, sub, centroids):
+    """Random floats, integers (many equal distances: the lower centroid), NaN and inf keys;
+    the keys are a transposed view."""
+    gen = torch.Generator().manual_seed(22 + sub * 10 + centroids)
+    b, kvh, n, m = 2, 3, 50, 4
+    for data in ("random", "integer"):
+        if data == "random":
+            base = torch.randn(b, n, kvh, m * sub, generator=gen)
+            books = torch.randn(b, kvh, m, centroids, sub, generator=gen)
+        else:
+            base = torch.randint(-2, 3, (b, n, kvh, m * sub), generator=gen).float()
+            books = torch.randint(-2, 3, (b, kvh, m, centroids, sub), generator=gen).float()
+        base = base.to(dtype)
+        base[0, 1, 0, :] = float("nan")
+        base[0, 2, 1, 0] = float("inf")
+        want = torch.ops.sah.pq_encode(base.transpose(1, 2), books)
+        got = torch.ops.sah.pq_encode(base.to(CUDA).transpose(1, 2), books.to(CUDA))
+        assert_same(got, want)
+        if data == "integer":  # batch 1 holds no NaN or inf
+            assert torch.equal(want[1:], ref_pq_encode(base.transpose(1, 2)[1:], books[1:]))
+
+
+PQ_SHAPES = [  # (batch, heads, kv_heads, q_len, k_len, head_dim, sub_dim, centroids)
+    (1, 4, 4, 1, 40, 16, 2, 16),
+    (2, 8, 2, 1, 9000, 32, 8, 256),  # decode over two key spans, GQA group of 4
+    (2, 8, 1, 5, 30, 8, 2, 4),  # 40 query rows of one kv head
+    (1, 2, 1, 3, 300, 128, 2, 256),  # a 66 KB lookup table per row (opt-in shared memory)
+    (1, 2, 2, 1, 20, 8, 8, 1),  # one centroid: every key scores the same
+    (1, 2, 1, 6, 4, 8, 4, 3),  # more queries than keys: the first rows see no key
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("shape", PQ_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+def test_cuda_pq_topk_equals_cpu(shape, dtype, mask_kind):
+    """Dyadic queries and centroids (exact lookup-table sums, many ties), transposed queries,
+    codes a prefix of a larger cache, every mask kind, previous rows and budget."""
+    b, h, kvh, sq, sk, d, sub, cents = shape
+    gen = torch.Generator().manual_seed(sk + sq * 7 + d + MASK_KINDS.index(mask_kind))
+    q_base = dyadic(gen, b, sq, h, d).to(dtype)
+    books = dyadic(gen, b, kvh, d // sub, cents, sub)
+    cache = torch.randint(0, cents, (b, kvh, sk + 4, d // sub), generator=gen).to(torch.uint8)
+    mask = make_mask(mask_kind, b, sq, sk, gen)
+    dev = (q_base.to(CUDA).transpose(1, 2), books.to(CUDA), cache.to(CUDA)[:, :, :sk])
+    for prev_kind in PREV_KINDS:
+        pi, pp = prev_rows(prev_kind, b, h, sq, sk, mask, gen)
+        for k in (0, 1, 7, sk):
+            want = torch.ops.sah.pq_topk_mask(
+                q_base.transpose(1, 2), books, cache[:, :, :sk], pi, pp, mask, k
+            )
+            got = torch.ops.sah.pq_topk_mask(*dev, *on_cuda(pi, pp, mask), k)
+            assert_same(got, want)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_pq_topk_random_floats_match_cpu_up_to_near_ties():
+    """Random floats: the lookup-table entries may differ from the CPU's in the last bit, so a
+    pick may differ only between keys whose exact scores tie the row's k-th best within 1e-4."""
+    gen = torch.Generator().manual_seed(23)
+    b, h, kvh, sq, sk, d, sub, cents, k = 2, 8, 2, 3, 2000, 64, 8, 256, 50
+    q = torch.randn(b, h, sq, d, generator=gen)
+    books = torch.randn(b, kvh, d // sub, cents, sub, generator=gen)
+    codes = torch.randint(0, cents, (b, kvh, sk, d // sub), generator=gen).to(torch.uint8)
+    mask = hf_mask(b, sq, sk)
+    pi, pp = prev_rows("sink_local", b, h, sq, sk, mask, gen)
+    want = dense(torch.ops.sah.pq_topk_mask(q, books, codes, pi, pp, mask, k), sk)
+    got = dense(torch.ops.sah.pq_topk_mask(*on_cuda(q, books, codes, pi, pp, mask), k), sk)
+    got = got.cpu()
+    assert torch.equal(got.ne(0).sum(-1), want.ne(0).sum(-1))
+    prev = dense((pi, pp), sk)
+    exact = ref_pq_scores(q, books, codes) + mask.double()
+    new = (want != 0) & (prev == 0)
+    kth = torch.where(new, exact, torch.inf).amin(-1, keepdim=True)
+    differ = got != want
+    assert ((exact - kth).abs()[differ] < 1e-4).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_opcheck():
+    gen = torch.Generator().manual_seed(24)
+    b, h, hkv, sq, sk, d = 1, 4, 2, 2, 16, 8
+    additive, _ = causal_additive(b, sq, sk)
+    pi, pp = to_rows(random_prev(b, h, sq, sk, gen))
+    x = torch.randn(b, h, sq, 40, generator=gen)
+    qs, ks = ref_pack(x), ref_pack(torch.randn(b, hkv, sk, 40, generator=gen))
+    keys = torch.randn(b, hkv, sk, d, generator=gen)
+    books = torch.randn(b, hkv, 4, 5, 2, generator=gen)
+    q = torch.randn(b, h, sq, d, generator=gen)
+    x, qs, ks, keys, books, q, additive, pi, pp = on_cuda(
+        x, qs, ks, keys, books, q, additive, pi, pp
+    )
+    torch.library.opcheck(torch.ops.sah.hash_pack_signs, (x,))
+    torch.library.opcheck(torch.ops.sah.hash_topk_mask, (qs, ks, pi, pp, additive, 3, 40))
+    torch.library.opcheck(torch.ops.sah.pq_encode, (keys, books))
+    codes = torch.ops.sah.pq_encode(keys, books)
+    torch.library.opcheck(torch.ops.sah.pq_topk_mask, (q, books, codes, pi, pp, additive, 3))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_compile_fullgraph():
+    """Packing + hash top-k and encoding + PQ top-k, each one graph for every key length."""
+    gen = torch.Generator().manual_seed(25)
+    bits = 40
+
+    def hash_step(x, key_signatures, pi, pp, mask):
+        qs = torch.ops.sah.hash_pack_signs(x)
+        k = key_signatures.shape[2] // 4
+        return torch.ops.sah.hash_topk_mask(qs, key_signatures, pi, pp, mask, k, bits)
+
+    def pq_step(q, keys, books, pi, pp, mask):
+        codes = torch.ops.sah.pq_encode(keys, books)
+        return torch.ops.sah.pq_topk_mask(q, books, codes, pi, pp, mask, keys.shape[2] // 4)
+
+    torch._dynamo.reset()
+    hash_compiled = torch.compile(hash_step, fullgraph=True, dynamic=True)
+    pq_compiled = torch.compile(pq_step, fullgraph=True, dynamic=True)
+    for sk in (24, 31, 40):
+        mask = hf_mask(1, 1, sk).to(CUDA)
+        pi, pp = on_cuda(*prev_rows("sink_local", 1, 4, 1, sk, mask.cpu(), gen))
+        x = torch.randn(1, 4, 1, bits, generator=gen).to(CUDA)
+        ks = ref_pack(torch.randn(1, 2, sk, bits, generator=gen)).to(CUDA)
+        assert_equal_outputs(hash_compiled(x, ks, pi, pp, mask), hash_step(x, ks, pi, pp, mask))
+        q = torch.randn(1, 4, 1, 8, generator=gen).to(CUDA)
+        keys = torch.randn(1, 2, sk, 8, generator=gen).to(CUDA)
+        books = torch.randn(1, 2, 4, 5, 2, generator=gen).to(CUDA)
+        args = (q, keys, books, pi, pp, mask)
+        assert_equal_outputs(pq_compiled(*args), pq_step(*args))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_ops_do_not_synchronise():
+    """No host synchronisation in a decode step (torch's sync debug mode raises on one)."""
+    gen = torch.Generator().manual_seed(26)
+    sk = 3000
+    mask = hf_mask(1, 1, sk)
+    pi, pp = prev_rows("sink_local", 1, 4, 1, sk, mask, gen)
+    x = torch.randn(1, 4, 1, 32, generator=gen)
+    ks = ref_pack(torch.randn(1, 4, sk, 32, generator=gen))
+    q, keys = torch.randn(1, 4, 1, 16, generator=gen), torch.randn(1, 2, sk, 16, generator=gen)
+    books = torch.randn(1, 2, 8, 16, 2, generator=gen)
+    x, ks, q, keys, books, mask, pi, pp = on_cuda(x, ks, q, keys, books, mask, pi, pp)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.ops.sah.hash_topk_mask(torch.ops.sah.hash_pack_signs(x), ks, pi, pp, mask, 64, 32)
+        codes = torch.ops.sah.pq_encode(keys, books)
+        torch.ops.sah.pq_topk_mask(q, books, codes, pi, pp, mask, 64)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def integer_weights(gen, heads, dims):
+    """HashAttention weights of small integers: with relu, inputs in [-2, 2] and two layers of
+    width 16, every MLP value is an integer below 2^11 (exact even in TF32), so CPU and GPU
+    signatures agree bit for bit."""
+
+    def ints(*shape):
+        return torch.randint(-2, 3, shape, generator=gen).float()
+
+    layers = list(itertools.pairwise(dims))
+    return {
+        0: {
+            f"{side}_{part}": [
+                ints(heads, a, b) if part == "matrix" else ints(heads, b) for a, b in layers
+            ]
+            for side in ("query", "key")
+            for part in ("matrix", "bias")
+        }
+    }
+
+
+def run_chain(maskers, steps, device):
+    """Dense masks of a masker chain over decode-like steps (q, k, mask) on ``device``."""
+    smd, masks = {}, []
+    for q, k, mask in steps:
+        b, h, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        m = Mask.create_empty_mask((b, h, sq, sk), torch.float32, torch.device(device))
+        q, k, mask = (t.to(device) for t in (q, k, mask))
+        for masker in maskers:
+            m = masker.add_mask(k, q, None, mask, 0.3, 0.0, smd, m, layer_idx=0)
+        masks.append(m.get_dense_mask().cpu())
+    return masks, smd
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("heavy", [7, 0.1])
+def test_cuda_maskers_end_to_end_equal_cpu(heavy):
+    """Sink + window + HashAttention, and sink + window + PQCache, over a prefill and decode
+    steps with a padded HF mask: the GPU selects exactly the CPU's keys. Integer data keeps
+    every signature and score exact on both devices; PQCache fits its codebooks on 12 keys
+    with 16 centroids, so every k-means cluster holds equal sub-vectors (exact means)."""
+    gen = torch.Generator().manual_seed(27)
+    b, h, hkv, d, total = 2, 4, 2, 16, 40
+    k = torch.randint(-2, 3, (b, hkv, total, d), generator=gen).float()
+
+    def steps(lengths):
+        return [
+            (
+                torch.randint(-2, 3, (b, h, sq, d), generator=gen).float(),
+                k[:, :, :sk],
+                hf_mask(b, sq, sk, pad=(2,)),
+            )
+            for sq, sk in lengths
+        ]
+
+    fixed = [SinkMasker(SinkMaskerConfig(2)), LocalMasker(LocalMaskerConfig(3))]
+    weights = integer_weights(gen, h, [d, 16, 32])
+    hash_masker = HashAttentionTopKMasker(hash_config(weights, heavy=heavy, act="relu"))
+    hash_steps = steps([(6, 30), (1, 31), (1, 32), (3, 38), (1, 40)])
+    want, smd_cpu = run_chain(fixed + [hash_masker], hash_steps, "cpu")
+    got, smd_gpu = run_chain(fixed + [hash_masker], hash_steps, CUDA)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.equal(smd_gpu["key"][0].cpu(), smd_cpu["key"][0])
+
+    pq = PQCache(PQCacheConfig(heavy_size=heavy, pq_sub_dim=4, pq_bits=4, kmeans_iters=3))
+    pq_steps = steps([(2, 12), (1, 13), (1, 20), (2, 40)])
+    want, smd_cpu = run_chain(fixed + [pq], pq_steps, "cpu")
+    books = smd_cpu["pq_centroids"][0]
+    assert torch.equal(books, books.round())  # the premise: exact integer centroids
+    got, smd_gpu = run_chain(fixed + [pq], pq_steps, CUDA)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.equal(smd_gpu["pq_centroids"][0].cpu(), books)
+    assert torch.equal(smd_gpu["pq_codes"][0].cpu(), smd_cpu["pq_codes"][0])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_efficient_hash_attention_equals_cpu():
+    """The fused HashAttention path on the GPU attends over exactly the CPU's rows."""
+    gen = torch.Generator().manual_seed(28)
+    b, h, hkv, d, total = 2, 4, 2, 16, 70
+    weights = integer_weights(gen, h, [d, 16, 32])
+    k = torch.randint(-2, 3, (b, hkv, total, d), generator=gen).float()
+    v = torch.randn(b, hkv, total, d, generator=gen)
+    config = HashAttentionConfig(0.1, 3, 4, weights, 32, 2, 16, hat_mlp_activation="relu")
+    devices = ("cpu", CUDA)
+    smd = {dev: {} for dev in devices}
+    attention = {dev: EfficientAttention.create_from_config(config) for dev in devices}
+    for sq, sk in ((6, 50), (1, 51), (1, 52), (3, 60), (1, 70)):
+        q = torch.randint(-2, 3, (b, h, sq, d), generator=gen).float()
+        mask = hf_mask(b, sq, sk, pad=(0, 4))
+        outs, rows = {}, {}
+        for dev in devices:
+            args = (None, *(t.to(dev) for t in (q, k[:, :, :sk], v[:, :, :sk], mask)), 0.25, 0.0)
+            with mock.patch.object(ops, "sparse_attention", wraps=ops.sparse_attention) as spy:
+                outs[dev], _ = attention[dev].custom_attention(
+                    *args, sparse_meta_data=smd[dev], layer_idx=0
+                )
+            rows[dev] = [t.cpu() for t in spy.call_args.args[3:5]]
+        assert all(torch.equal(g, w) for g, w in zip(rows[CUDA], rows["cpu"])), (sq, sk)
+        torch.testing.assert_close(outs[CUDA].cpu(), outs["cpu"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_bad_inputs():
+    qs = torch.zeros(1, 2, 1, 1, dtype=torch.int32, device=CUDA)
+    ks = torch.zeros(1, 2, 6, 1, dtype=torch.int32, device=CUDA)
+    pi = torch.empty(1, 2, 1, 0, dtype=torch.int32, device=CUDA)
+    pp = torch.empty(1, 2, 1, 0, device=CUDA)
+    with pytest.raises(RuntimeError, match="attention_mask must be on"):
+        torch.ops.sah.hash_topk_mask(qs, ks, pi, pp, torch.zeros(1, 1, 1, 6), 2, 8)
+    with pytest.raises(RuntimeError, match="key_signatures must be on"):
+        torch.ops.sah.hash_topk_mask(qs, ks.cpu(), pi, pp, None, 2, 8)
+    with pytest.raises(RuntimeError, match="codebooks must be on"):
+        torch.ops.sah.pq_encode(torch.zeros(1, 2, 6, 8, device=CUDA), torch.zeros(1, 2, 4, 3, 2))
+    # A query row and its 256 x 256 lookup table (257 KB) exceed an H100's shared memory.
+    q = torch.zeros(1, 2, 1, 256, device=CUDA)
+    books = torch.zeros(1, 2, 256, 256, 1, device=CUDA)
+    codes = torch.zeros(1, 2, 6, 256, dtype=torch.uint8, device=CUDA)
+    with pytest.raises(RuntimeError, match="must fit in the GPU's shared memory"):
+        torch.ops.sah.pq_topk_mask(q, books, codes, pi, pp, None, 2)

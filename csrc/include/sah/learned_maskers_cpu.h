@@ -206,8 +206,12 @@ class LearnedRowPicker {
     for (int64_t m = 0; m < p_.subspaces; ++m) {
       for (int64_t c = 0; c < p_.centroids; ++c) {
         const float* y = book + (m * p_.centroids + c) * p_.sub_dim;
-        lut_[m * p_.centroids + c] =
-            dot_row(qf_.data() + m * p_.sub_dim, y, int64_t(1), p_.sub_dim);
+        const float* x = qf_.data() + m * p_.sub_dim;
+        // Plain ascending-order sum (no SIMD reassociation): the CUDA kernel sums in the same
+        // order, so both devices build bit-identical tables and pick the same keys.
+        float acc = 0.0f;
+        for (int64_t e = 0; e < p_.sub_dim; ++e) acc += x[e] * y[e];
+        lut_[m * p_.centroids + c] = acc;
       }
     }
   }

@@ -493,7 +493,7 @@ __device__ void histogram(const uint32_t* row, int64_t nvec, int pass, uint32_t 
 // pick lands at gt_done + (picks > thr before it here) + min(keys == thr before it, take_eq).
 // Returns the numbers of keys > thr and == thr in src. dst may equal src (in place, with zero
 // offsets): the n-th pick's index is >= n, and a chunk is fully read before any pick is written.
-__device__ int2 compact_picks_to(const uint32_t* src, int64_t nvec, int64_t key_base, uint32_t thr,
+__device__ inline int2 compact_picks_to(const uint32_t* src, int64_t nvec, int64_t key_base, uint32_t thr,
                                  int take_eq, int gt_done, int eq_done, uint32_t* dst,
                                  cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage& tmp) {
   using Scan = cub::BlockScan<unsigned long long, kSelectThreads>;
@@ -535,7 +535,7 @@ __device__ int2 compact_picks_to(const uint32_t* src, int64_t nvec, int64_t key_
 }
 
 // In-place compaction of a whole row (see compact_picks_to); returns the number of picks.
-__device__ int compact_picks(uint32_t* row, int64_t nvec, uint32_t thr, int take_eq,
+__device__ inline int compact_picks(uint32_t* row, int64_t nvec, uint32_t thr, int take_eq,
                              cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage& tmp) {
   const int2 n = compact_picks_to(row, nvec, 0, thr, take_eq, 0, 0, row, tmp);
   return n.x + min(n.y, take_eq);
@@ -660,7 +660,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 // through distributed shared memory, so every block takes the same decisions as select_kernel;
 // the picks are compacted to `picks` (pick_pitch entries per row) at offsets from the blocks'
 // counts, and block 0 merges them with the previous row. Same result as select_kernel<false>.
-__global__ void __launch_bounds__(kSelectThreads)
+static __global__ void __launch_bounds__(kSelectThreads)
     select_topk_cluster_kernel(const __grid_constant__ MaskerParams p, uint32_t* scores,
                                int64_t pitch, uint32_t* picks, int64_t pick_pitch) {
   namespace cg = cooperative_groups;
