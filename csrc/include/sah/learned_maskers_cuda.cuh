@@ -344,39 +344,6 @@ inline bool topk_sizes_fit(const LearnedTopKParams& p) {
          p.heads % p.key_heads == 0 && p.batch >= 0 && p.q_len >= 0;
 }
 
-// Top-k selection and merge over the score keys of every row (workspace: the keys, then the
-// cluster path's pick buffer, as masker_workspace_bytes lays out a kTopK call). Copied from the
-// tail of oracle_mask in sah/maskers_cuda.cuh, which has no function for it: decode-sized grids
-// select each row with a thread-block cluster, else (or without cluster support) one block per
-// row; both give select_kernel<false>'s result.
-inline Status launch_topk_select(const MaskerParams& sp, uint32_t* keys, int64_t pitch,
-                                 cudaStream_t stream) {
-  using namespace masker_detail;
-  const unsigned rows = static_cast<unsigned>(sp.rows());
-  const int cluster = topk_cluster_blocks(sp.rows(), sp.k_len);
-  if (cluster > 1) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(rows * cluster);
-    config.blockDim = dim3(kSelectThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    uint32_t* picks = keys + sp.rows() * pitch;
-    if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, sp, keys, pitch, picks,
-                           topk_pick_pitch(sp)) == cudaSuccess) {
-      return launch_status();
-    }
-    (void)cudaGetLastError();  // no cluster support: one block per row below
-  }
-  select_kernel<false><<<rows, kSelectThreads, 0, stream>>>(sp, keys, pitch);
-  return launch_status();
-}
-
 // Scores into the workspace with `score`, then selects and merges (launch_topk_select).
 template <typename Launch>
 Status score_and_select(const LearnedTopKParams& p, void* workspace, cudaStream_t stream,

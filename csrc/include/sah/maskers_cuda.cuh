@@ -835,6 +835,39 @@ inline Status window_mask(const MaskerParams& p, void* workspace, cudaStream_t s
   return launch_status();
 }
 
+// Top-k selection and merge of a workspace of score keys (rows of `pitch` entries, written by a
+// scoring kernel): a thread-block cluster per row when masker_detail::topk_cluster_blocks asks
+// for one and the device runs it (picks: rows * topk_pick_pitch(p) entries; default: right after
+// the score keys, as masker_workspace_bytes sizes it), else one block per row. Both give
+// select_kernel<false>'s result. Shared by every top-k masker (oracle, hash, PQ, Quest, DS).
+inline Status launch_topk_select(const MaskerParams& p, uint32_t* keys, int64_t pitch,
+                                 cudaStream_t stream, uint32_t* picks = nullptr) {
+  using namespace masker_detail;
+  const unsigned rows = static_cast<unsigned>(p.rows());
+  const int cluster = topk_cluster_blocks(p.rows(), p.k_len);
+  if (cluster > 1) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(rows * cluster);
+    config.blockDim = dim3(kSelectThreads);
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    if (picks == nullptr) picks = keys + p.rows() * pitch;
+    if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, p, keys, pitch, picks,
+                           topk_pick_pitch(p)) == cudaSuccess) {
+      return launch_status();
+    }
+    (void)cudaGetLastError();  // no cluster support: one block per row below
+  }
+  select_kernel<false><<<rows, kSelectThreads, 0, stream>>>(p, keys, pitch);
+  return launch_status();
+}
+
 // Oracle top-k or top-p masker over q/k elements of type T (float, double, __half,
 // __nv_bfloat16); workspace: masker_workspace_bytes(p) bytes, 16-byte aligned.
 template <typename T>
@@ -869,26 +902,7 @@ Status oracle_mask(const MaskerParams& p, void* workspace, cudaStream_t stream) 
   Status st = launch_status();
   if (st != Status::kOk) return st;
   const unsigned rows = static_cast<unsigned>(p.rows());
-  const int cluster = p.kind == MaskerKind::kTopK ? topk_cluster_blocks(p.rows(), p.k_len) : 1;
-  if (cluster > 1) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(rows * cluster);
-    config.blockDim = dim3(kSelectThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    uint32_t* picks = keys + p.rows() * pitch;
-    if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, p, keys, pitch, picks,
-                           topk_pick_pitch(p)) == cudaSuccess) {
-      return launch_status();
-    }
-    (void)cudaGetLastError();  // no cluster support: one block per row below
-  }
+  if (p.kind == MaskerKind::kTopK) return launch_topk_select(p, keys, pitch, stream);
   if (p.kind == MaskerKind::kTopK) {
     select_kernel<false><<<rows, kSelectThreads, 0, stream>>>(p, keys, pitch);
   } else {

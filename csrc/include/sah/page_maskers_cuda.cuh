@@ -464,35 +464,11 @@ inline size_t select_pick_bytes(const MaskerParams& m) {
                  sizeof(uint32_t));
 }
 
-// Top-k selection and merge of the score keys (rows of `pitch` entries), launched as oracle_mask
-// of sah/maskers_cuda.cuh launches it (a copy of its last step): a thread-block cluster per row
-// when masker_detail::topk_cluster_blocks asks for one and the device runs it (picks:
-// select_pick_bytes(m) bytes), else one block per row.
+// Top-k selection and merge of the score keys (rows of `pitch` entries), picks in `picks`
+// (select_pick_bytes(m) bytes): sah::cuda::launch_topk_select.
 inline Status select_topk(const MaskerParams& m, uint32_t* keys, int64_t pitch, uint32_t* picks,
                           cudaStream_t stream) {
-  const unsigned rows = static_cast<unsigned>(m.rows());
-  const int cluster = masker_detail::topk_cluster_blocks(m.rows(), m.k_len);
-  if (cluster > 1) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(rows * cluster);
-    config.blockDim = dim3(masker_detail::kSelectThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    if (cudaLaunchKernelEx(&config, masker_detail::select_topk_cluster_kernel, m, keys, pitch,
-                           picks, masker_detail::topk_pick_pitch(m)) == cudaSuccess) {
-      return masker_detail::launch_status();
-    }
-    (void)cudaGetLastError();  // no cluster support: one block per row below
-  }
-  masker_detail::select_kernel<false>
-      <<<rows, masker_detail::kSelectThreads, 0, stream>>>(m, keys, pitch);
-  return masker_detail::launch_status();
+  return launch_topk_select(m, keys, pitch, stream, picks);
 }
 
 // Quest workspace: per row, the page score keys (pitch entries), the chosen pages and their
