@@ -19,6 +19,9 @@ from torch import nn
 
 from ..attention_manager import AttentionManagerMixin
 from ..sparse_attention.base import SparseAttention, SparseAttentionConfig
+from ..sparse_attention.research_attention.maskers.fixed.implementations.key_rows_state import (
+    raise_if_stale,
+)
 from .base import ModelAdapter, Request, RequestResponse
 from .model_servers import ModelServerHF
 from .registry import AttentionRegistry, default_registry
@@ -192,6 +195,7 @@ class ModelAdapterHF(AttentionManagerMixin, ModelAdapter):
             yield
         finally:
             function.state = saved
+        raise_if_stale(state)  # a stale masker state flagged on the device (CUDA) raises here
 
     # ------------------------------------------------------------------------------------------
     # Requests.

@@ -4,6 +4,10 @@ Each registered name maps to an attention function (``AttentionInterface.registe
 mask function (``AttentionMaskInterface.register``: without one transformers builds no mask for
 a custom implementation). transformers has no public way to remove a name, so unregistering
 points the name at a function that raises, and forgets it here.
+
+Every call is thread-safe: one process-wide lock guards the registries' state together with
+transformers' (process-wide) interfaces, so concurrent registrations never lose, duplicate or
+reuse a name, and a model is never configured with a name being unregistered.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from torch import nn
 from ..sparse_attention.base import SparseAttention, SparseAttentionConfig
 
 Tensor = torch.Tensor
+
+#: Guards every AttentionRegistry and transformers' attention/mask interfaces (reentrant:
+#: configure_model_attention looks the adapter up under it).
+_LOCK = threading.RLock()
 
 
 def _hf():
@@ -121,7 +129,6 @@ class AttentionRegistry:
 
     def __init__(self) -> None:
         self._functions: Dict[str, BaseAttentionFunction] = {}
-        self._lock = threading.Lock()
 
     def register_sparse_attention(
         self,
@@ -139,7 +146,7 @@ class AttentionRegistry:
                 raise ValueError("register_sparse_attention needs a sparse_attention or a config")
             sparse_attention = SparseAttention.create_from_config(config)
         attention_interface, mask_interface, _, _ = _hf()
-        with self._lock:
+        with _LOCK:
             if attention_name is None:
                 attention_name = f"sparse_attention_{secrets.token_hex(4)}"
                 while attention_name in self._functions or attention_name in attention_interface():
@@ -155,7 +162,7 @@ class AttentionRegistry:
     def unregister_attention_function(self, attention_name: str) -> None:
         """Forgets ``attention_name``; a model still configured with it raises a clear error."""
         attention_interface, _, _, _ = _hf()
-        with self._lock:
+        with _LOCK:
             if attention_name not in self._functions:
                 raise KeyError(f"attention name {attention_name!r} is not registered")
             del self._functions[attention_name]
@@ -169,14 +176,14 @@ class AttentionRegistry:
             attention_interface.register(attention_name, unregistered)
 
     def get_attention_adapter(self, attention_name: str) -> BaseAttentionFunction:
-        with self._lock:
+        with _LOCK:
             if attention_name not in self._functions:
                 raise KeyError(f"attention name {attention_name!r} is not registered")
             return self._functions[attention_name]
 
     def list_registered_attention_functions(self) -> Dict[str, str]:
         """``{name: adapter class name}`` of every registered function."""
-        with self._lock:
+        with _LOCK:
             return {n: type(f).__name__ for n, f in self._functions.items()}
 
     def configure_model_attention(
@@ -185,19 +192,25 @@ class AttentionRegistry:
         """Switches ``model`` to ``attention_name``; layers not in ``layer_indices`` (None = all)
         stay dense. Returns the previous implementation of each config object (by ``id``), for
         :func:`restore_model_attention`."""
-        function = self.get_attention_adapter(attention_name)
-        function.layer_indices = None if layer_indices is None else set(layer_indices)
-        previous: Dict[int, str] = {}
-        for config in _attention_configs(model):
-            previous[id(config)] = config._attn_implementation
-            config._attn_implementation = attention_name
+        layers = None if layer_indices is None else set(layer_indices)
+        configs = _attention_configs(model)
+        with _LOCK:
+            function = self.get_attention_adapter(attention_name)
+            function.layer_indices = layers
+            previous: Dict[int, str] = {}
+            for config in configs:
+                previous[id(config)] = config._attn_implementation
+                config._attn_implementation = attention_name
         return previous
 
     @staticmethod
     def restore_model_attention(model: nn.Module, previous: Dict[int, str]) -> None:
-        for config in _attention_configs(model):
-            if id(config) in previous:
-                config._attn_implementation = previous[id(config)]
+        """Puts back the implementations :meth:`configure_model_attention` returned."""
+        configs = _attention_configs(model)
+        with _LOCK:
+            for config in configs:
+                if id(config) in previous:
+                    config._attn_implementation = previous[id(config)]
 
 
 def _attention_configs(model: nn.Module) -> list:

@@ -34,6 +34,7 @@ import torch
 
 from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import TopKMasker, TopKMaskerConfig
+from .key_rows_state import SequenceGuard
 
 Tensor = torch.Tensor
 
@@ -68,20 +69,25 @@ class QuestTopKMaskerConfig(TopKMaskerConfig):
 
 
 @dataclass
-class QuestLayerState:
+class QuestLayerState(SequenceGuard):
     """One layer's Quest page statistics for one sequence.
 
     ``page_min``/``page_max`` float32 ``(b, h_kv, capacity, d)``: the first
     ``ceil(num_keys / page_size)`` pages hold the per-channel min/max of the cached keys (the
     capacity grows with headroom, so decoding rarely reallocates). ``last_key`` is the key at
-    position ``num_keys - 1``, a fingerprint of the sequence the state belongs to.
+    position ``num_keys - 1``, a fingerprint of the sequence the state belongs to (see
+    :class:`SequenceGuard`).
     """
 
+    owner = "Quest"
     page_size: int
     page_min: Tensor
     page_max: Tensor
     num_keys: int = 0
     last_key: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        self.stale = torch.zeros((), dtype=torch.int32, device=self.page_min.device)
 
     @classmethod
     def create(cls, keys: Tensor, page_size: int) -> "QuestLayerState":
@@ -93,8 +99,8 @@ class QuestLayerState:
     def check(self, keys: Tensor, layer: int) -> None:
         """Raises unless ``keys`` continue the sequence this state was built for: same batch,
         kv heads, head dim and device (ValueError), at least ``num_keys`` keys (ValueError), and
-        the same key at position ``num_keys - 1`` (checked on the device without a host sync:
-        a RuntimeError on CPU, a device-side assertion on CUDA)."""
+        the same key at position ``num_keys - 1`` (see :class:`SequenceGuard`: StaleStateError on
+        CPU, deferred to :meth:`raise_if_stale` on CUDA)."""
         batch, kv_heads, n, dim = keys.shape
         expected = (self.page_min.shape[0], self.page_min.shape[1], self.page_min.shape[3])
         if (batch, kv_heads, dim) != expected or keys.device != self.page_min.device:
@@ -107,13 +113,7 @@ class QuestLayerState:
             raise ValueError(
                 f"Current number of keys ({n}) is less than cached number of keys ({self.num_keys})"
             )
-        if self.last_key is not None:
-            same = (keys[:, :, self.num_keys - 1 : self.num_keys] == self.last_key).all()
-            torch._assert_async(
-                same,
-                f"Quest state of layer {layer} belongs to another sequence (its last cached "
-                "key differs); use a fresh sparse_meta_data for a new sequence",
-            )
+        self._verify_last_key(keys[:, :, self.num_keys - 1 : self.num_keys], layer)
 
     def update(self, keys: Tensor) -> None:
         """Brings the page statistics up to date with ``keys`` (only the new pages and the

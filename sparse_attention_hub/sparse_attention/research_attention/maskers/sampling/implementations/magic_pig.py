@@ -33,6 +33,7 @@ import torch
 
 from .....utils.mask import Mask
 from ...base import MaskerRegistry, padding_or_4d_mask, require_layer_state
+from ...fixed.implementations.key_rows_state import SequenceGuard
 from ..base import SamplingMasker, SamplingMaskerConfig
 from .seeding import check_seed, resolve_seed
 
@@ -86,15 +87,17 @@ class MagicPigConfig(SamplingMaskerConfig):
 
 
 @dataclass
-class MagicPigLayerState:
+class MagicPigLayerState(SequenceGuard):
     """One layer's MagicPig state for one sequence (see the module docstring).
 
     ``projections`` float32 (d + 1, L K); ``key_mean`` float32 (b, h_kv, d); ``key_norm_bound``
     float32 (b, h_kv); ``key_signatures`` int32 (b, h_kv, capacity, words), of which the first
     ``num_keys`` rows are the signatures of the cached keys; ``last_key`` is the key at position
-    ``num_keys - 1``, a fingerprint of the sequence the state belongs to.
+    ``num_keys - 1``, a fingerprint of the sequence the state belongs to (see
+    :class:`SequenceGuard`).
     """
 
+    owner = "MagicPig"
     lsh_l: int
     lsh_k: int
     center: bool
@@ -105,6 +108,9 @@ class MagicPigLayerState:
     key_signatures: Tensor
     num_keys: int = 0
     last_key: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        self.stale = torch.zeros((), dtype=torch.int32, device=self.key_mean.device)
 
     @classmethod
     def create(
@@ -141,9 +147,8 @@ class MagicPigLayerState:
     def check(self, keys: Tensor, layer: int) -> None:
         """Raises unless ``keys`` continue the sequence this state was built for: same batch,
         kv heads, head dim and device (ValueError), at least ``num_keys`` keys (ValueError), and
-        the same key at position ``num_keys - 1``. The last check runs on the device without a
-        host sync (``torch._assert_async``): a RuntimeError on CPU, a device-side assertion
-        (fatal to the process) on CUDA."""
+        the same key at position ``num_keys - 1`` (see :class:`SequenceGuard`: StaleStateError
+        on CPU, deferred to :meth:`raise_if_stale` on CUDA)."""
         batch, kv_heads, n, dim = keys.shape
         expected = tuple(self.key_mean.shape)
         if (batch, kv_heads, dim) != expected or keys.device != self.key_mean.device:
@@ -157,12 +162,7 @@ class MagicPigLayerState:
                 f"Current number of keys ({n}) is less than cached number of keys ({self.num_keys})"
             )
         if self.last_key is not None:
-            same = (keys[:, :, self.num_keys - 1] == self.last_key).all()
-            torch._assert_async(
-                same,
-                f"MagicPig state of layer {layer} belongs to another sequence (key "
-                f"{self.num_keys - 1} differs); use a fresh sparse_meta_data for a new sequence",
-            )
+            self._verify_last_key(keys[:, :, self.num_keys - 1], layer)
 
     def reserve(self, num_keys: int) -> None:
         """Grows the signature buffer to hold ``num_keys`` rows (with headroom for decoding)."""
