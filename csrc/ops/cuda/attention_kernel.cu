@@ -7,25 +7,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/cuda_type.cuh"
 #include "attention.h"
 #include "sah/attention_cuda.cuh"
 
 namespace sah {
 namespace {
-
-// Maps ATen scalar types to the CUDA types of sah/attention_cuda.cuh.
-template <typename scalar_t>
-struct cuda_type {
-  using type = scalar_t;
-};
-template <>
-struct cuda_type<c10::Half> {
-  using type = __half;
-};
-template <>
-struct cuda_type<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();

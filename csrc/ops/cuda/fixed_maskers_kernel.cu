@@ -6,25 +6,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/cuda_type.cuh"
 #include "fixed_maskers.h"
 #include "sah/maskers_cuda.cuh"
 
 namespace sah {
 namespace {
-
-// Maps ATen scalar types to the CUDA element types of the kernels.
-template <typename scalar_t>
-struct cuda_type {
-  using type = scalar_t;
-};
-template <>
-struct cuda_type<c10::Half> {
-  using type = __half;
-};
-template <>
-struct cuda_type<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 void check_status(Status status, const char* op) {
   TORCH_CHECK(status != Status::kBadArgument, op,

@@ -11,26 +11,13 @@
 #include <algorithm>
 #include <climits>
 
+#include "cuda/cuda_type.cuh"
 #include "attention.h"
 #include "learned_maskers.h"
 #include "sah/learned_maskers_cuda.cuh"
 
 namespace sah {
 namespace {
-
-// Maps ATen scalar types to the CUDA element types of the kernels.
-template <typename scalar_t>
-struct cuda_type {
-  using type = scalar_t;
-};
-template <>
-struct cuda_type<c10::Half> {
-  using type = __half;
-};
-template <>
-struct cuda_type<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 // Launcher status: the sizes were checked before the launch, so kBadArgument is a bug here.
 void check_status(Status status, const char* op) {

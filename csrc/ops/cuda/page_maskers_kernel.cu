@@ -13,26 +13,13 @@
 #include <climits>
 #include <cmath>
 
+#include "cuda/cuda_type.cuh"
 #include "attention.h"
 #include "page_maskers.h"
 #include "sah/page_maskers_cuda.cuh"
 
 namespace sah {
 namespace {
-
-// Maps ATen scalar types to the CUDA element types of the kernels.
-template <typename scalar_t>
-struct cuda_type {
-  using type = scalar_t;
-};
-template <>
-struct cuda_type<c10::Half> {
-  using type = __half;
-};
-template <>
-struct cuda_type<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 // A size the CUDA kernels index with 32-bit integers or launch along a grid dimension.
 void check_limit(int64_t value, int64_t limit, const char* op, const char* what) {

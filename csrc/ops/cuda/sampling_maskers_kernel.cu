@@ -11,26 +11,13 @@
 
 #include <algorithm>
 
+#include "cuda/cuda_type.cuh"
 #include "fixed_maskers.h"
 #include "sah/sampling_cuda.cuh"
 #include "sampling_maskers.h"
 
 namespace sah {
 namespace {
-
-// Maps ATen scalar types to the CUDA element types of the kernels.
-template <typename scalar_t>
-struct cuda_type {
-  using type = scalar_t;
-};
-template <>
-struct cuda_type<c10::Half> {
-  using type = __half;
-};
-template <>
-struct cuda_type<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 void check_status(Status status, const char* op) {
   TORCH_CHECK(status != Status::kBadArgument, op,
