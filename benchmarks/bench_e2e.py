@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import device_name, git_commit, hat_weights, write_json
+from common import device_name, git_commit, hat_config, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.adapters import AttentionRegistry
+from sparse_attention_hub.adapters.huggingface import crop_cache_to
 from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttention,
     ResearchAttentionConfig,
 )
 from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
-    HashAttentionTopKMaskerConfig,
     LocalMaskerConfig,
     OracleTopKConfig,
     SinkMaskerConfig,
@@ -41,16 +41,7 @@ def make_config(name: str, args) -> ResearchAttentionConfig:
     extra = {
         "sink_local": [],
         "oracle_topk": [OracleTopKConfig(0.05)],
-        "hash_topk": [
-            HashAttentionTopKMaskerConfig(
-                heavy_size=0.05,
-                hat_bits=32,
-                hat_mlp_layers=3,
-                hat_mlp_hidden_size=128,
-                hat_mlp_activation="silu",
-                hat_weights=hat_weights(args.heads, args.hidden // args.heads, layers=args.layers),
-            )
-        ],
+        "hash_topk": [hat_config(args.heads, args.hidden // args.heads, layers=args.layers)],
         "quest_topk": [QuestTopKMaskerConfig(heavy_size=0.05, page_size=16)],
     }
     return ResearchAttentionConfig(base + extra[name])
@@ -116,19 +107,9 @@ def decode_tokens_per_s(model, cache, last_ids, n_new: int, device, profile: int
                 sync()
             sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
             table = prof.key_averages().table(sort_by=sort, row_limit=25)
-    crop_to(cache, start_len)
+    crop_cache_to(cache, start_len)
     return n_new / elapsed, table
 
-
-def crop_to(cache, length: int) -> None:
-    """Rolls the cache back to ``length`` tokens (a static cache: its write position, in place)."""
-    from transformers.cache_utils import StaticLayer
-
-    if all(isinstance(layer, StaticLayer) for layer in cache.layers):
-        for layer in cache.layers:
-            layer.cumulative_length.fill_(length)
-    else:
-        cache.crop(-(int(cache.get_seq_length()) - length))
 
 
 def main() -> None:

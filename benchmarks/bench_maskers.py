@@ -26,7 +26,7 @@ import argparse
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from common import Timer, device_name, git_commit, hat_weights, write_json
+from common import Timer, device_name, git_commit, hat_config, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.sparse_attention.research_attention import (
@@ -34,7 +34,6 @@ from sparse_attention_hub.sparse_attention.research_attention import (
     ResearchAttentionConfig,
 )
 from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
-    HashAttentionTopKMaskerConfig,
     LocalMaskerConfig,
     OracleTopKConfig,
     SinkMaskerConfig,
@@ -53,20 +52,7 @@ def chains(heads: int, head_dim: int) -> Dict[str, Tuple[str, Callable[[], List]
     return {
         "sink128+local128": ("P2", sl),
         "+oracle_topk5%": ("P3", lambda: sl() + [OracleTopKConfig(0.05)]),
-        "+hash_topk5%": (
-            "P4",
-            lambda: sl()
-            + [
-                HashAttentionTopKMaskerConfig(
-                    heavy_size=0.05,
-                    hat_bits=32,
-                    hat_mlp_layers=3,
-                    hat_mlp_hidden_size=128,
-                    hat_mlp_activation="silu",
-                    hat_weights=hat_weights(heads, head_dim),
-                )
-            ],
-        ),
+        "+hash_topk5%": ("P4", lambda: sl() + [hat_config(heads, head_dim)]),
         "+quest_topk5%_page16": (
             "P5",
             lambda: sl() + [QuestTopKMaskerConfig(heavy_size=0.05, page_size=16)],

@@ -84,6 +84,23 @@ def hat_weights(
     return {layer: entry() for layer in range(layers)}
 
 
+def hat_config(heads: int, head_dim: int, layers: int = 1, heavy_size: float = 0.05):
+    """The PERFORMANCE.md HashAttention masker (32 bits, 3-layer MLP of width 128, SiLU) with
+    random weights for ``layers`` layers."""
+    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
+        HashAttentionTopKMaskerConfig,
+    )
+
+    return HashAttentionTopKMaskerConfig(
+        heavy_size=heavy_size,
+        hat_bits=32,
+        hat_mlp_layers=3,
+        hat_mlp_hidden_size=128,
+        hat_mlp_activation="silu",
+        hat_weights=hat_weights(heads, head_dim, layers=layers),
+    )
+
+
 def copy_bandwidth_gbs(device: torch.device, timer: Timer, mbytes: int = 1024) -> float:
     """Device copy bandwidth (bytes read + written per second) measured in this process."""
     n = mbytes * 2**20

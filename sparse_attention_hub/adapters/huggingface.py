@@ -280,7 +280,7 @@ class ModelAdapterHF(AttentionManagerMixin, ModelAdapter):
                 self._answer(context_ids, question_ids.to(device), question_cache, generation)
             )
             if own and not last:
-                _crop_to(cache, context_len)
+                crop_cache_to(cache, context_len)
         responses = answers[0] if isinstance(request.questions, str) else answers
         return RequestResponse(responses=responses)
 
@@ -433,7 +433,7 @@ def _croppable(cache: Any) -> bool:
     return hasattr(cache, "crop") and not any(hasattr(layer, "sliding_window") for layer in layers)
 
 
-def _crop_to(cache: Any, length: int) -> None:
+def crop_cache_to(cache: Any, length: int) -> None:
     """Rolls a croppable cache back to its first ``length`` tokens. A static layer only moves
     its write position back (in place: compiled graphs keep the tensor's address); the stale
     tail is hidden by the attention mask and overwritten by the next tokens."""
@@ -451,20 +451,11 @@ def _crop_to(cache: Any, length: int) -> None:
 
 
 def _key_state_maskers(sparse_attention: Optional[SparseAttention]) -> List[str]:
-    """Names of the maskers of ``sparse_attention`` that keep state per cached key."""
-    from ..sparse_attention.efficient_attention.implementations.hash_attention import (
-        HashAttention,
-    )
-    from ..sparse_attention.research_attention.maskers.fixed.implementations import (
-        HashAttentionTopKMasker,
-        PQCache,
-        QuestTopKMasker,
-    )
-    from ..sparse_attention.research_attention.maskers.sampling.implementations import MagicPig
-
-    stateful = (HashAttentionTopKMasker, PQCache, QuestTopKMasker, MagicPig, HashAttention)
+    """Names of the parts of ``sparse_attention`` (itself, its maskers) that keep state per
+    cached key (``keeps_key_state``)."""
     parts = [sparse_attention, *(getattr(sparse_attention, "maskers", None) or [])]
-    return [type(p).__name__ for p in parts if isinstance(p, stateful)]
+    return [type(p).__name__ for p in parts if getattr(p, "keeps_key_state", False)]
+
 
 
 def _pad_left(sequences: List[Tensor], pad: int) -> Tuple[Tensor, Tensor]:

@@ -57,6 +57,8 @@ class HashAttentionConfig(EfficientAttentionConfig):
 class HashAttention(EfficientAttention):
     """Sink + local + HashAttention top-k attention (see the module docstring)."""
 
+    keeps_key_state = True
+
     def __init__(
         self,
         sparse_attention_config: SparseAttentionConfig,

@@ -121,6 +121,10 @@ def require_layer_state(sparse_meta_data: Optional[Dict[Any, Any]], kwargs: Dict
 class ResearchMasker(ABC):
     """A step of the mask chain: ``add_mask(..., previous_mask) -> Mask``."""
 
+    #: Whether the masker keeps per-layer state with one entry per cached key (it follows the
+    #: number of keys, so it needs an append-only, dynamic KV cache).
+    keeps_key_state = False
+
     def __init__(self, config: MaskerConfig) -> None:
         self.config = config
 

@@ -89,6 +89,8 @@ class HashAttentionTopKMasker(TopKMasker):
     fewer than ``k`` remain, all of them are added.
     """
 
+    keeps_key_state = True
+
     def __init__(self, config: HashAttentionTopKMaskerConfig) -> None:
         super().__init__(config)
         self.heavy_size = config.heavy_size

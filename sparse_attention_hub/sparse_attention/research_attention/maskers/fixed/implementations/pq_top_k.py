@@ -115,6 +115,8 @@ class PQCache(TopKMasker):
     fewer than ``k`` remain, all of them are added.
     """
 
+    keeps_key_state = True
+
     def __init__(self, config: PQCacheConfig) -> None:
         super().__init__(config)
         self.heavy_size = config.heavy_size

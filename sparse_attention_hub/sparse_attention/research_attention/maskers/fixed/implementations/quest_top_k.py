@@ -150,6 +150,8 @@ class QuestTopKMasker(TopKMasker):
     score; only the new keys are read to update the statistics.
     """
 
+    keeps_key_state = True
+
     def __init__(self, config: QuestTopKMaskerConfig) -> None:
         super().__init__(config)
         if config.page_size <= 0:

@@ -194,6 +194,8 @@ class MagicPig(SamplingMasker):
     reference's entries.
     """
 
+    keeps_key_state = True
+
     def __init__(self, config: MagicPigConfig) -> None:
         super().__init__(config)
         self.lsh_l = config.lsh_l
