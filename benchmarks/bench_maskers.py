@@ -126,6 +126,22 @@ def capture_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return replay
 
 
+def print_kernels(call: Callable[[], object], name: str, n: int, calls: int = 10) -> None:
+    """The GPU kernels of ``calls`` calls, by total time (per call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    kernels.sort(key=lambda e: -e.device_time_total)
+    print(f"  kernels of {name} at {n} keys (us per call):")
+    for e in kernels[:14]:
+        print(f"    {e.device_time_total / calls:9.1f}  x{e.count // calls:<3} {e.key[:110]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +155,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["eager", "graph", "compile"], default="eager")
     parser.add_argument("--compile", action="store_true", help="same as --mode compile")
     parser.add_argument("--configs", nargs="+", help="subset of the chains (default: all)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the CUDA kernels of each chain's call"
+    )
     parser.add_argument("--out", default="bench_out/maskers.json")
     args = parser.parse_args()
     mode = "compile" if args.compile else args.mode
@@ -195,6 +214,8 @@ def main() -> None:
                 call = capture_graph(call)
             ms = timer(call)
             mem = transient_mb(call, device)
+            if args.profile:
+                print_kernels(call, name, n)
             ref_ms = float("nan")
             if not args.skip_reference and target in ("P2", "P3"):
                 topk = 0.05 if "topk" in name else None

@@ -1229,12 +1229,6 @@ def test_cuda_efficient_hash_attention_equals_cpu():
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.xfail(
-    run=False,
-    reason="known bug: on the H100 (2026-11-23) some CUDA input checks crash the process "
-    "(SIGSEGV) instead of raising; e.g. pq_encode with heads not a multiple of the codebooks' "
-    "kv_heads, quest_topk_mask with 65536 kv heads. The same checks raise on CPU.",
-)
 def test_cuda_bad_inputs():
     qs = torch.zeros(1, 2, 1, 1, dtype=torch.int32, device=CUDA)
     ks = torch.zeros(1, 2, 6, 1, dtype=torch.int32, device=CUDA)

@@ -968,12 +968,6 @@ def test_compile_cuda_matches_eager():
 
 
 @cuda_test
-@pytest.mark.xfail(
-    run=False,
-    reason="known bug: on the H100 (2026-11-23) some CUDA input checks crash the process "
-    "(SIGSEGV) instead of raising; e.g. pq_encode with heads not a multiple of the codebooks' "
-    "kv_heads, quest_topk_mask with 65536 kv heads. The same checks raise on CPU.",
-)
 def test_cuda_size_limits_name_the_argument():
     quest = torch.ops.sah.quest_topk_mask
     q = torch.randn(1, 65536, 1, 1, device="cuda")

@@ -10,7 +10,9 @@
 // of the previous row, finds the selection threshold with three radix passes (11, 11 and 10
 // bits) of a shared-memory histogram (counts for top-k, fixed-point exp-mass for top-p),
 // compacts the picks in ascending key order in place over the row's workspace (ties at the
-// threshold: lowest key indices), and merges them with the previous row.
+// threshold: lowest key indices), and merges them with the previous row (the two are disjoint:
+// each entry's place is its index plus a binary search in the other list, the previous row
+// staged in shared memory). Decode rows (few, long) use a cluster of blocks per row instead.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -269,6 +271,19 @@ __device__ __forceinline__ int block_row_length(const int32_t* idx, int cap, int
   return n;
 }
 
+// Previous-row entries a block stages in shared memory (8 KB) for its merge (binary searches).
+constexpr int kPrevStage = 2048;
+
+// The previous row's first na entries in shared memory when they fit (else the row itself, in
+// global memory). Every thread must call.
+template <int kThreads>
+__device__ __forceinline__ const int32_t* stage_prev(const int32_t* prev, int na, int32_t* s_prev) {
+  if (na > kPrevStage) return prev;
+  for (int t = threadIdx.x; t < na; t += kThreads) s_prev[t] = prev[t];
+  __syncthreads();
+  return s_prev;
+}
+
 // Writes the union of the previous row and the picks (probability 1) into the output row:
 // clamp-add on common keys, ascending, tail padded with -1 / 0. An entry lands at the number of
 // distinct keys below it: its index in its own list, plus the keys of the other list below it,
@@ -278,7 +293,9 @@ __device__ void merge_row(const int32_t* prev, const float* pprev, int prev_cap,
                           const PickList& picks, int32_t* out, float* pout, int out_cap,
                           typename cub::BlockScan<int, kThreads>::TempStorage& tmp, int* s_len) {
   using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ int32_t s_prev[kPrevStage];
   const int na = block_row_length<kThreads>(prev, prev_cap, s_len);
+  prev = stage_prev<kThreads>(prev, na, s_prev);
   const int nb = picks.n;
   auto prev_at = [prev](int x) { return prev[x]; };
   auto pick_at = [&picks](int y) { return picks.at(y); };
@@ -334,6 +351,40 @@ __device__ void merge_row(const int32_t* prev, const float* pprev, int prev_cap,
 
   const int64_t n = static_cast<int64_t>(na) + nb - total_common;
   for (int64_t t = (n > 0 ? n : 0) + threadIdx.x; t < out_cap; t += kThreads) {
+    out[t] = -1;
+    pout[t] = 0.0f;
+  }
+}
+
+// Writes the union of the previous row (na entries; `search` is the same entries, possibly
+// staged in shared memory) and picks[0, nb), both ascending and DISJOINT (the selections knock
+// the previous keys out of their candidates), into the output row: an entry lands at its index
+// in its own list plus the number of entries of the other list below it; the tail is padded with
+// -1 / 0. The work is split over `parts` blocks (this one is `part`); no block-wide barrier.
+template <int kThreads>
+__device__ void merge_disjoint(const int32_t* search, const float* pprev, int na,
+                               const int32_t* picks, int nb, int32_t* out, float* pout,
+                               int out_cap, int part, int parts) {
+  const int stride = kThreads * parts, first = part * kThreads + static_cast<int>(threadIdx.x);
+  auto pick_at = [picks](int y) { return picks[y]; };
+  auto prev_at = [search](int x) { return search[x]; };
+  for (int x = first; x < na; x += stride) {
+    const int32_t key = search[x];
+    const int pos = x + lower_bound(pick_at, nb, key);
+    if (pos < out_cap) {
+      out[pos] = key;
+      pout[pos] = clamp01(pprev[x]);
+    }
+  }
+  for (int y = first; y < nb; y += stride) {
+    const int32_t key = picks[y];
+    const int pos = y + lower_bound(prev_at, na, key);
+    if (pos < out_cap) {
+      out[pos] = key;
+      pout[pos] = 1.0f;
+    }
+  }
+  for (int64_t t = static_cast<int64_t>(na) + nb + first; t < out_cap; t += stride) {
     out[t] = -1;
     pout[t] = 0.0f;
   }
@@ -548,16 +599,15 @@ __global__ void __launch_bounds__(kSelectThreads)
   using W = std::conditional_t<kTopP, unsigned long long, int>;
   using ScanW = cub::BlockScan<W, kSelectThreads>;
   using ScanU = cub::BlockScan<unsigned long long, kSelectThreads>;
-  using ScanI = cub::BlockScan<int, kSelectThreads>;
   __shared__ union {
     typename ScanW::TempStorage w;
     typename ScanU::TempStorage u;
-    typename ScanI::TempStorage i;
   } s_tmp;
   __shared__ W s_hist[kMaxBins];
   __shared__ W s_above;
   __shared__ int s_bin, s_low, s_len;
   __shared__ unsigned s_max;
+  __shared__ int32_t s_prev[kPrevStage];
 
   const int64_t row = blockIdx.x;
   uint32_t* keys = scores + row * pitch;
@@ -648,10 +698,12 @@ __global__ void __launch_bounds__(kSelectThreads)
   int n_picks = 0;
   if (!none) n_picks = compact_picks(keys, nvec, thr, take_eq, s_tmp.u);
   __syncthreads();
-  merge_row<kSelectThreads>(prev, p.prev_probs + row * p.prev_cap, static_cast<int>(p.prev_cap),
-                            PickList{reinterpret_cast<const int32_t*>(keys), 0, n_picks},
-                            p.out_idx + row * p.out_cap, p.out_probs + row * p.out_cap,
-                            static_cast<int>(p.out_cap), s_tmp.i, &s_len);
+  const int na = block_row_length<kSelectThreads>(prev, static_cast<int>(p.prev_cap), &s_len);
+  const int32_t* search = stage_prev<kSelectThreads>(prev, na, s_prev);
+  merge_disjoint<kSelectThreads>(search, p.prev_probs + row * p.prev_cap, na,
+                                 reinterpret_cast<const int32_t*>(keys), n_picks,
+                                 p.out_idx + row * p.out_cap, p.out_probs + row * p.out_cap,
+                                 static_cast<int>(p.out_cap), 0, 1);
 }
 
 // Oracle top-k selection of one row by a thread-block cluster (decode has few rows: one block per
@@ -660,7 +712,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 // through distributed shared memory, so every block takes the same decisions as select_kernel;
 // the picks are compacted to `picks` (pick_pitch entries per row) at offsets from the blocks'
 // counts, and block 0 merges them with the previous row. Same result as select_kernel<false>.
-static __global__ void __launch_bounds__(kSelectThreads)
+static __global__ void __launch_bounds__(kSelectThreads, 2)
     select_topk_cluster_kernel(const __grid_constant__ MaskerParams p, uint32_t* scores,
                                int64_t pitch, uint32_t* picks, int64_t pick_pitch) {
   namespace cg = cooperative_groups;
@@ -675,6 +727,7 @@ static __global__ void __launch_bounds__(kSelectThreads)
   __shared__ int s_above;
   __shared__ int s_bin, s_low, s_len;
   __shared__ int2 s_count;          // this block's picks > thr and == thr
+  __shared__ int32_t s_prev[kPrevStage];
 
   cg::cluster_group cluster = cg::this_cluster();
   const int nblocks = static_cast<int>(cluster.num_blocks());
@@ -764,12 +817,14 @@ static __global__ void __launch_bounds__(kSelectThreads)
     __threadfence();
   }
   cluster.sync();  // every block's picks are written (and no block reads s_count any more)
-  if (rank != 0) return;
-  merge_row<kSelectThreads>(prev, p.prev_probs + row * p.prev_cap, static_cast<int>(p.prev_cap),
-                            PickList{reinterpret_cast<const int32_t*>(picks + row * pick_pitch),
-                                     0, n_picks},
-                            p.out_idx + row * p.out_cap, p.out_probs + row * p.out_cap,
-                            static_cast<int>(p.out_cap), s_tmp.w, &s_len);
+  // Every block merges its share of the row (the picks never repeat a previous key).
+  const int na = block_row_length<kSelectThreads>(prev, static_cast<int>(p.prev_cap), &s_len);
+  const int32_t* search = stage_prev<kSelectThreads>(prev, na, s_prev);
+  merge_disjoint<kSelectThreads>(search, p.prev_probs + row * p.prev_cap, na,
+                                 reinterpret_cast<const int32_t*>(picks + row * pick_pitch),
+                                 n_picks, p.out_idx + row * p.out_cap,
+                                 p.out_probs + row * p.out_cap, static_cast<int>(p.out_cap), rank,
+                                 nblocks);
 }
 
 inline Status launch_status() {
@@ -858,6 +913,11 @@ inline Status launch_topk_select(const MaskerParams& p, uint32_t* keys, int64_t 
     config.attrs = attr;
     config.numAttrs = 1;
     if (picks == nullptr) picks = keys + p.rows() * pitch;
+    // Two blocks per SM (the carveout would otherwise leave room for one): twice the clusters
+    // in flight.
+    (void)cudaFuncSetAttribute(select_topk_cluster_kernel,
+                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
     if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, p, keys, pitch, picks,
                            topk_pick_pitch(p)) == cudaSuccess) {
       return launch_status();
@@ -901,13 +961,9 @@ Status oracle_mask(const MaskerParams& p, void* workspace, cudaStream_t stream) 
   }
   Status st = launch_status();
   if (st != Status::kOk) return st;
-  const unsigned rows = static_cast<unsigned>(p.rows());
   if (p.kind == MaskerKind::kTopK) return launch_topk_select(p, keys, pitch, stream);
-  if (p.kind == MaskerKind::kTopK) {
-    select_kernel<false><<<rows, kSelectThreads, 0, stream>>>(p, keys, pitch);
-  } else {
-    select_kernel<true><<<rows, kSelectThreads, 0, stream>>>(p, keys, pitch);
-  }
+  select_kernel<true><<<static_cast<unsigned>(p.rows()), kSelectThreads, 0, stream>>>(p, keys,
+                                                                                      pitch);
   return launch_status();
 }
 
