@@ -847,3 +847,55 @@ def test_bad_inputs():
             2,
             3,
         )
+
+
+def decode_prev_rows(b, h, sk, extra, gen):
+    """Sink 128 + local 128 (p = 1) and `extra` random middle keys (p = 0.5) per row."""
+    dense = torch.zeros(b, h, 1, sk)
+    dense[..., :128] = 1.0
+    dense[..., sk - 128 :] = 1.0
+    for bb in range(b):
+        for hh in range(h):
+            dense[bb, hh, 0, torch.randperm(sk - 256, generator=gen)[:extra] + 128] = 0.5
+    return ops.dense_to_rows(dense)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sk", [70000, 9000])
+def test_cuda_equals_cpu_on_long_decode_rows(sk):
+    """At decode sizes the CUDA kernels split each row over a cluster of blocks (random and
+    adaptive sampling) or over many key chunks with look-back offsets (MagicPig): same masks as
+    the CPU (which the tests above check against the reference)."""
+    gen = torch.Generator().manual_seed(sk)
+    b, h, hkv, d = 1, 8, 2, 128
+    q = torch.randn(b, h, 1, d, generator=gen).to(torch.bfloat16)
+    k = torch.randn(b, hkv, sk, d, generator=gen).to(torch.bfloat16)
+    prev = decode_prev_rows(b, h, sk, sk // 20, gen)
+    mask = torch.zeros(b, 1, 1, sk)
+    mask[..., 5:9] = float("-inf")
+
+    def both(fn, *args):
+        cpu = fn(*args)
+        cuda = fn(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+        return cpu, tuple(t.cpu() for t in cuda)
+
+    for m in (None, mask):
+        for (ci, cp), (gi, gp) in [
+            both(torch.ops.sah.random_sampling_mask, *prev, m, sk, sk // 10, 7, 1),
+            both(
+                torch.ops.sah.adaptive_sampling_mask,
+                q, k, *prev, m, d**-0.5, sk // 20, 0.25, 0.6745, 128, sk - 128, 3, 2,
+            ),
+        ]:
+            assert torch.equal(ci, gi)
+            assert torch.equal(cp, gp)
+    outs = []
+    for device in ("cpu", "cuda"):
+        state = magicpig_state(k[:, :, : sk // 2].to(device), 75, 8, seed=0)
+        state.reserve(sk)
+        out = run_magicpig(q.to(device), k.to(device), [t.to(device) for t in prev], None,
+                           state, 75, 8)
+        outs.append(tuple(t.cpu() for t in out))
+    assert torch.equal(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)

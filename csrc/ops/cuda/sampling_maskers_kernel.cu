@@ -22,9 +22,17 @@ namespace {
 void check_status(Status status, const char* op) {
   TORCH_CHECK(status != Status::kBadArgument, op,
               ": sizes unsupported by the CUDA kernel (rows, keys and row capacities must fit in "
-              "int32; head_dim + signature words must be at most ",
+              "int32; adaptive: head_dim must be at most ",
+              cuda::sampling_detail::kMaxDynamicShared / 4,
+              "; MagicPig: 2 * head_dim + signature words must be at most ",
               cuda::sampling_detail::kMaxDynamicShared / 4, ")");
   TORCH_CHECK(status == Status::kOk, op, ": CUDA kernel launch failed");
+}
+
+// Scratch memory of a kernel call on the tensor's device and current stream (undefined if empty).
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  if (bytes == 0) return at::Tensor();
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
 // Allocates the output rows (prev rows' shape with last dimension out_cap) and points p at them.
@@ -81,12 +89,14 @@ std::tuple<at::Tensor, at::Tensor> adaptive_sampling_cuda(
   p.seed = seed;
   p.layer = layer;
   auto out = alloc_rows(&p, pi, pp, std::min(pi.size(3) + (range_end - range_start), n));
+  const at::Tensor ws = workspace(cuda::adaptive_workspace_bytes(p), pi);
+  void* ws_ptr = ws.defined() ? ws.data_ptr() : nullptr;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   Status status = Status::kOk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, queries.scalar_type(),
                                   "sah_adaptive_sampling_cuda", [&] {
                                     using T = typename cuda_type<scalar_t>::type;
-                                    status = cuda::adaptive_sampling_mask<T>(p, stream);
+                                    status = cuda::adaptive_sampling_mask<T>(p, ws_ptr, stream);
                                   });
   check_status(status, op);
   return out;
@@ -116,12 +126,14 @@ std::tuple<at::Tensor, at::Tensor> magicpig_cuda(
   p.sig_cap = key_signatures.size(2);
   p.num_cached = num_cached;
   auto out = alloc_rows(&p, pi, pp, n);
+  const at::Tensor ws = workspace(cuda::magicpig_workspace_bytes(p), pi);
+  void* ws_ptr = ws.defined() ? ws.data_ptr() : nullptr;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   Status status = Status::kOk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "sah_magicpig_cuda",
                                   [&] {
                                     using T = typename cuda_type<scalar_t>::type;
-                                    status = cuda::magicpig_mask<T>(p, stream);
+                                    status = cuda::magicpig_mask<T>(p, ws_ptr, stream);
                                   });
   check_status(status, op);
   return out;
