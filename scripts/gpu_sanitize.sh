@@ -2,7 +2,7 @@
 # compute-sanitizer over the `gpu` tests of the CUDA operators (GPU machine, after the build):
 # memcheck, racecheck and initcheck, one process per tool and test file, all side by side (the
 # GPU is shared; each run stops after SECONDS_PER_RUN, the tests it finished still count).
-#   bash scripts/gpu_sanitize.sh [OUT_DIR] [SECONDS_PER_RUN]
+#   bash scripts/gpu_sanitize.sh [OUT_DIR] [SECONDS_PER_RUN] [TOOLS (default: all three)]
 # Writes OUT_DIR/<tool>_<file>.log and prints one line per run: tool, file, tests passed /
 # failed, whether the run finished, and the sanitizer's error count. Exit status 1 if any
 # sanitizer reported an error or a test failed.
@@ -10,15 +10,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-sanitize_out}
 limit=${2:-300}
+read -r -a tools <<< "${3:-memcheck racecheck initcheck}"
 mkdir -p "$out"
 files=(test_fixed_masker_ops test_learned_maskers test_page_maskers test_sampling_maskers
        test_attention_ops test_mask_rows_ops)
 declare -A opts=(
   [memcheck]="--tool memcheck --leak-check no"
   [racecheck]="--tool racecheck"
-  [initcheck]="--tool initcheck --track-unused-memory no"
+  [initcheck]="--tool initcheck"
 )
-for tool in memcheck racecheck initcheck; do
+for tool in "${tools[@]}"; do
   for f in "${files[@]}"; do
     (
       # shellcheck disable=SC2086
@@ -31,7 +32,7 @@ for tool in memcheck racecheck initcheck; do
 done
 wait
 status=0
-for tool in memcheck racecheck initcheck; do
+for tool in "${tools[@]}"; do
   for f in "${files[@]}"; do
     log="$out/${tool}_$f.log"
     passed=$(grep -c " PASSED" "$log")
@@ -40,7 +41,7 @@ for tool in memcheck racecheck initcheck; do
     # A run stopped by the time limit prints no summary: count the reports themselves.
     reports=$(grep -cE "^========= +(Invalid|Race|Uninitialized|Program hit|Error|Warning)" "$log")
     [ "$errors" = "0" ] && errors=$reports
-    rc=$(tail -1 "$log")
+    rc=$(grep -oE "rc=[0-9]+$" "$log" | tail -1)
     done_=finished
     [ "$rc" = "rc=124" ] && done_="stopped at ${limit}s"
     echo "$tool $f: $passed passed, $failed failed, $done_ ($rc) | sanitizer errors: $errors"
