@@ -27,6 +27,7 @@
 #include <type_traits>
 
 #include "sah/attention_params.h"
+#include "sah/cluster_launch.cuh"
 #include "sah/maskers_cpu.h"
 
 namespace sah {
@@ -901,24 +902,14 @@ inline Status launch_topk_select(const MaskerParams& p, uint32_t* keys, int64_t 
   const unsigned rows = static_cast<unsigned>(p.rows());
   const int cluster = topk_cluster_blocks(p.rows(), p.k_len);
   if (cluster > 1) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(rows * cluster);
-    config.blockDim = dim3(kSelectThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
+    const ClusterLaunch launch(rows * cluster, kSelectThreads, cluster, 0, stream);
     if (picks == nullptr) picks = keys + p.rows() * pitch;
     // Two blocks per SM (the carveout would otherwise leave room for one): twice the clusters
     // in flight.
     (void)cudaFuncSetAttribute(select_topk_cluster_kernel,
                                cudaFuncAttributePreferredSharedMemoryCarveout,
                                cudaSharedmemCarveoutMaxShared);
-    if (cudaLaunchKernelEx(&config, select_topk_cluster_kernel, p, keys, pitch, picks,
+    if (cudaLaunchKernelEx(&launch.config, select_topk_cluster_kernel, p, keys, pitch, picks,
                            topk_pick_pitch(p)) == cudaSuccess) {
       return launch_status();
     }

@@ -62,6 +62,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "sah/attention_params.h"
+#include "sah/cluster_launch.cuh"
 #include "sah/sampling_common.h"
 #include "sah/sampling_cpu.h"
 
@@ -1398,19 +1399,9 @@ template <typename T, bool kAdaptive>
 Status launch_rows(const SamplingParams& p, AdaptiveScratch ws, size_t smem, int64_t window,
                    cudaStream_t stream) {
   const int cluster = row_cluster_blocks(p.rows(), window);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(p.rows() * cluster));
-  config.blockDim = dim3(kSampleThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  if (cudaLaunchKernelEx(&config, rows_kernel<T, kAdaptive>, p, ws) != cudaSuccess) {
+  const ClusterLaunch launch(static_cast<unsigned>(p.rows() * cluster), kSampleThreads, cluster,
+                             smem, stream);
+  if (cudaLaunchKernelEx(&launch.config, rows_kernel<T, kAdaptive>, p, ws) != cudaSuccess) {
     (void)cudaGetLastError();
     return Status::kLaunchFailed;
   }
