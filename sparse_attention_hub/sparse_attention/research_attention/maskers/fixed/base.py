@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from ..base import MaskerConfig, MaskerRegistry, ResearchMasker
+from ..base import AttentionTensorDimensions, MaskerConfig, MaskerRegistry, ResearchMasker
 
 
 @MaskerRegistry.mark_exact_only
@@ -44,6 +44,14 @@ class FixedMasker(ResearchMasker):
 
 class TopKMasker(FixedMasker):
     """Maskers that add the ``heavy_size`` best-scoring keys not yet selected."""
+
+    heavy_size: Union[int, float]
+
+    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
+        """A budget of every key keeps them all (subclasses with other units override this)."""
+        return dims.seq_len_keys <= self._calculate_effective_size(
+            self.heavy_size, dims.seq_len_keys
+        )
 
 
 class TopPMasker(FixedMasker):

@@ -7,7 +7,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ...base import AttentionTensorDimensions, MaskerRegistry
+from ...base import MaskerRegistry
 from ..base import TopKMasker, TopKMaskerConfig
 
 Tensor = torch.Tensor
@@ -33,11 +33,6 @@ class OracleTopK(TopKMasker):
     def __init__(self, config: OracleTopKConfig) -> None:
         super().__init__(config)
         self.heavy_size = config.heavy_size
-
-    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
-        return dims.seq_len_keys <= self._calculate_effective_size(
-            self.heavy_size, dims.seq_len_keys
-        )
 
     def _select(
         self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any

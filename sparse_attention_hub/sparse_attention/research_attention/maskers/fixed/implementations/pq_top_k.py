@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ...base import AttentionTensorDimensions, MaskerRegistry, require_layer_state
+from ...base import MaskerRegistry, require_layer_state
 from ..base import TopKMasker, TopKMaskerConfig
 from .key_rows_state import KeyRowsState
 
@@ -134,11 +134,6 @@ class PQCache(TopKMasker):
         **kwargs: Any,
     ) -> None:
         require_layer_state(sparse_meta_data, kwargs)
-
-    def _covers_all(self, dims: AttentionTensorDimensions) -> bool:
-        return dims.seq_len_keys <= self._calculate_effective_size(
-            self.heavy_size, dims.seq_len_keys
-        )
 
     def _select(
         self, indices: Tensor, probs: Tensor, *, keys: Tensor, queries: Tensor, **context: Any
