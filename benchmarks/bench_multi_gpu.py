@@ -234,6 +234,7 @@ def shard_main(args) -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sah_shard_"))
+    work.mkdir(parents=True, exist_ok=True)
     folder = str(work / "model")
     channel_file = str(work / "channels.json")
     write_channel_file(channel_file, args.layers, args.heads, args.hidden // args.heads)
@@ -348,6 +349,7 @@ def ray_main(args) -> None:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sah_ray_"))
+    work.mkdir(parents=True, exist_ok=True)
     folder = str(work / "model")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     model = save_random_model(args, folder, torch.device("cpu"), dtype, len(tokenizer), tokenizer)
