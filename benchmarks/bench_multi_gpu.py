@@ -246,10 +246,12 @@ def shard_main(args) -> None:
         ids = torch.randint(3, args.vocab, (1, n))
         print(f"context {n}: single device {device}", flush=True)
         t0 = time.perf_counter()
-        model = save_random_model(args, folder, device, dtype, args.vocab, tokenizer)
+        del_model = save_random_model(args, folder, device, dtype, args.vocab, tokenizer)
+        del del_model  # both placements load the saved files the same way
         print(f"  built + saved in {time.perf_counter() - t0:.1f} s", flush=True)
-        single = run_placement(model, args, configs, ids.to(device), "1 device")
-        del model
+        adapter = ModelAdapterHF(folder, None, model_kwargs={"dtype": dtype}, device=args.device)
+        single = run_placement(adapter.model, args, configs, ids.to(device), "1 device")
+        adapter.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"context {n}: device_map='auto' over {gpus} GPU(s)", flush=True)
@@ -270,6 +272,11 @@ def shard_main(args) -> None:
         for name in ["dense", *configs]:
             a, b = single.get(name, {}), sharded.get(name, {})
             same = "tokens" in a and a.get("tokens") == b.get("tokens")
+            prefix = 0
+            for x, y in zip(a.get("tokens") or [], b.get("tokens") or []):
+                if x != y:
+                    break
+                prefix += 1
             rows.append(
                 dict(
                     context=n,
@@ -279,7 +286,9 @@ def shard_main(args) -> None:
                     same_tokens=same,
                     single_error=a.get("error"),
                     sharded_error=b.get("error"),
+                    same_prefix=prefix,
                     tokens=a.get("tokens"),
+                    sharded_tokens=b.get("tokens"),
                 )
             )
         rows.append(
