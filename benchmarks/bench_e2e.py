@@ -1,17 +1,25 @@
-"""End-to-end decode speed with HF generate (target P9 of PERFORMANCE.md).
+"""End-to-end decode speed with HF generate (target P9 of PERFORMANCE.md) and question prefill
+(target P10).
 
 An 8B-shaped Llama (random weights, bf16; 32 heads, 8 kv heads, d=128, 32 layers by default)
 is prefilled densely with a long context, then decodes a fixed number of tokens with each
 attention configuration; decode tokens/s (prefill excluded) are compared with dense SDPA in the
-same process.
+same process. Per context and configuration it also times a question prefill: one forward of
+``--question-tokens`` (64) new tokens over the prefilled cache (median of ``--question-reps``
+synced runs, the cache cropped back after each; an untimed first run builds the maskers'
+per-layer state for the context, as the warm-up does for decode), reported in ms and as the
+time ratio sparse / dense next to the decode time ratio dense tok/s / sparse tok/s (P10: the
+first at most 1.5x the second).
 
     python benchmarks/bench_e2e.py --context 32768 131072 --new-tokens 64
     python benchmarks/bench_e2e.py --device cpu --layers 2 --hidden 256 --context 2048   # smoke
+    (the smoke run also with --cache static: a StaticCache, every configuration)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -111,6 +119,27 @@ def decode_tokens_per_s(model, cache, last_ids, n_new: int, device, profile: int
     return n_new / elapsed, table
 
 
+def question_prefill_ms(model, cache, question_ids, device, reps: int, fresh_state=None) -> float:
+    """Median ms of one forward of ``question_ids`` (1, q) over ``cache`` (synced), after one
+    untimed run; the cache is cropped back to its start after every run. ``fresh_state`` (a
+    callable) gives the sparse attention a new masker state before the untimed run, which then
+    builds the per-layer state for the context; the timed runs rewrite the question's rows."""
+    start_len = int(cache.get_seq_length())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if fresh_state is not None:
+        fresh_state()
+    times = []
+    with torch.no_grad():
+        for rep in range(reps + 1):
+            sync()
+            start = time.perf_counter()
+            model(input_ids=question_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            sync()
+            if rep:
+                times.append((time.perf_counter() - start) * 1e3)
+            crop_cache_to(cache, start_len)
+    return statistics.median(times)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -126,11 +155,18 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--profile", type=int, default=0, help="profile this many decode steps")
     parser.add_argument(
+        "--question-tokens", type=int, default=64, help="tokens of the timed question prefill"
+    )
+    parser.add_argument(
+        "--question-reps", type=int, default=5, help="timed question prefills (median)"
+    )
+    parser.add_argument(
         "--cache",
         choices=["dynamic", "static"],
         default="dynamic",
         help="static: a StaticCache, whose decode step generate() compiles on CUDA (CUDA "
-        "graphs); maskers with per-key state (hash_topk, quest_topk) are skipped",
+        "graphs); every configuration runs, the maskers with per-key state (hash_topk, "
+        "quest_topk) refresh it for the buffer positions each step writes",
     )
     parser.add_argument("--out", default="bench_out/e2e.json")
     args = parser.parse_args()
@@ -140,18 +176,21 @@ def main() -> None:
     model = build_model(args, device, dtype)
     registry = AttentionRegistry()
     print(f"device: {device_name(device)}  layers {args.layers}  hidden {args.hidden}  {dtype}")
-    print(f"{'context':>8} {'config':>22} {'decode tok/s':>13} {'x dense':>8}")
+    print(
+        f"{'context':>8} {'config':>22} {'decode tok/s':>13} {'x dense':>8} "
+        f"{f'q{args.question_tokens} ms':>10} {'time x dense':>12} {'decode time x':>13}"
+    )
     rows = []
     profiles = []
     from transformers import DynamicCache, StaticCache
 
     configs = args.configs
-    if args.cache == "static":
-        configs = [c for c in configs if c not in ("hash_topk", "quest_topk")]
     for n in args.context:
         ids = torch.randint(0, args.vocab, (1, n), device=device)
+        question = torch.randint(0, args.vocab, (1, args.question_tokens), device=device)
         if args.cache == "static":
-            room = n + 2 + args.new_tokens + args.profile + 8
+            decode_room = 2 + args.new_tokens + args.profile
+            room = n + max(decode_room, args.question_tokens) + 8
             cache = StaticCache(config=model.config, max_cache_len=room)
         else:
             cache = DynamicCache(config=model.config)
@@ -161,12 +200,15 @@ def main() -> None:
         # execution plan on the host for every new key length: ~7 ms per layer call in a
         # DynamicCache decode loop) and the flash / memory-efficient kernels (cuDNN off). The
         # sparse configurations are compared with the faster of the two.
-        dense_rates = {}
+        dense_rates, dense_question_ms = {}, {}
         for label, cudnn in (("dense SDPA (default)", True), ("dense SDPA (flash)", False)):
             if device.type != "cuda" and not cudnn:
                 continue
             if device.type == "cuda":
                 torch.backends.cuda.enable_cudnn_sdp(cudnn)
+            dense_question_ms[label] = question_prefill_ms(
+                model, cache, question, device, args.question_reps
+            )
             rate, table = decode_tokens_per_s(
                 model, cache, ids, args.new_tokens, device, args.profile
             )
@@ -175,15 +217,47 @@ def main() -> None:
         if device.type == "cuda":
             torch.backends.cuda.enable_cudnn_sdp(False)
         dense = max(dense_rates.values())
+        dense_ms = min(dense_question_ms.values())
+
+        def report(config: str, tps: float, question_ms: float) -> None:
+            """Prints and records one row: decode tok/s and question prefill ms, with the
+            ratios to the faster dense baseline (P10 compares the two time ratios)."""
+            decode_time_ratio = dense / tps
+            print(
+                f"{n:>8} {config:>22} {tps:>13.2f} {tps / dense:>8.2f} {question_ms:>10.2f} "
+                f"{question_ms / dense_ms:>12.2f} {decode_time_ratio:>13.2f}"
+            )
+            rows.append(
+                dict(
+                    context=n,
+                    config=config,
+                    tokens_per_s=tps,
+                    ratio=tps / dense,
+                    question_tokens=args.question_tokens,
+                    question_prefill_ms=question_ms,
+                    question_prefill_ratio=question_ms / dense_ms,
+                    decode_time_ratio=decode_time_ratio,
+                    p10_met=question_ms / dense_ms <= 1.5 * decode_time_ratio,
+                )
+            )
+
         for label, rate in dense_rates.items():
-            print(f"{n:>8} {label:>22} {rate:>13.2f} {rate / dense:>8.2f}")
             key = "dense_sdpa_" + ("default" if "default" in label else "flash")
-            rows.append(dict(context=n, config=key, tokens_per_s=rate, ratio=rate / dense))
+            report(key, rate, dense_question_ms[label])
         for name in configs:
             attention = ResearchAttention.create_from_config(make_config(name, args))
             attn_name = registry.register_sparse_attention(attention)
+            function = registry.get_attention_adapter(attn_name)
             previous = registry.configure_model_attention(model, attn_name)
+
+            def fresh_state(function=function) -> None:
+                function.state = {}
+
             try:
+                question_ms = question_prefill_ms(
+                    model, cache, question, device, args.question_reps, fresh_state
+                )
+                fresh_state()  # the decode warm-up builds its own state for the context
                 tps, table = decode_tokens_per_s(
                     model, cache, ids, args.new_tokens, device, args.profile
                 )
@@ -191,8 +265,7 @@ def main() -> None:
                 registry.restore_model_attention(model, previous)
                 registry.unregister_attention_function(attn_name)
             profiles.append((n, name, table))
-            print(f"{n:>8} {name:>22} {tps:>13.2f} {tps / dense:>8.2f}")
-            rows.append(dict(context=n, config=name, tokens_per_s=tps, ratio=tps / dense))
+            report(name, tps, question_ms)
         del cache
     if args.profile:
         path = Path(args.out).with_suffix(".profile.txt")
@@ -208,6 +281,8 @@ def main() -> None:
         layers=args.layers,
         hidden=args.hidden,
         new_tokens=args.new_tokens,
+        question_tokens=args.question_tokens,
+        question_reps=args.question_reps,
         cache=args.cache,
     )
     write_json(args.out, meta, rows)

@@ -53,7 +53,9 @@ class ModelAdapterHF(AttentionManagerMixin, ModelAdapter):
             buffer as keys and the attention mask hides its unused tail: integer sizes select
             the same keys as with a dynamic cache, but fractional sizes and the full-attention
             shortcuts refer to the buffer length. Maskers that keep per-key state
-            (HashAttention, PQCache, Quest, MagicPig) need a dynamic cache.
+            (HashAttention, PQCache, Quest, MagicPig) recompute it for the buffer positions
+            each call writes, read from the attention mask on the device (see
+            ``key_rows_state``), so they work in the compiled decode step too.
         attention_type: pins an AttentionManager backend ("dense", "sdpa", "sparse",
             "chunked"); None lets :meth:`select_attention` choose. Each request logs the
             backend chosen for its question shape (logger
@@ -83,14 +85,6 @@ class ModelAdapterHF(AttentionManagerMixin, ModelAdapter):
             raise ValueError(
                 f"cache_implementation must be one of {CACHES}, got {cache_implementation!r}"
             )
-        if cache_implementation == "static":
-            stateful = _key_state_maskers(self.sparse_attention)
-            if stateful:
-                raise ValueError(
-                    f"cache_implementation='static' does not support maskers that keep per-key "
-                    f"state ({', '.join(stateful)}): their state follows the number of cached "
-                    f"keys, which a static cache hides; use cache_implementation='dynamic'"
-                )
         self.cache_implementation = cache_implementation
         self.model_kwargs = dict(model_kwargs or {})
         self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
@@ -448,14 +442,6 @@ def crop_cache_to(cache: Any, length: int) -> None:
     extra = int(cache.get_seq_length()) - length
     if extra > 0:
         cache.crop(-extra)  # negative: the number of tokens to drop
-
-
-def _key_state_maskers(sparse_attention: Optional[SparseAttention]) -> List[str]:
-    """Names of the parts of ``sparse_attention`` (itself, its maskers) that keep state per
-    cached key (``keeps_key_state``)."""
-    parts = [sparse_attention, *(getattr(sparse_attention, "maskers", None) or [])]
-    return [type(p).__name__ for p in parts if getattr(p, "keeps_key_state", False)]
-
 
 
 def _pad_left(sequences: List[Tensor], pad: int) -> Tuple[Tensor, Tensor]:

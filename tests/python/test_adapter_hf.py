@@ -439,7 +439,8 @@ def test_static_cache_equals_dynamic_cache(tiny, setup):
         assert batched == want
 
 
-def test_static_cache_honours_max_length_and_refuses_key_state_maskers(tiny):
+def test_static_cache_honours_max_length_and_validates_the_cache_kind(tiny):
+    """(Maskers with per-key state on a static cache: tests/python/test_static_cache.py.)"""
     model, tok = tiny
     request = Request(context_text(seed=10), "what is the secret code")
     with ModelAdapterHF.from_model(model, tok, None, cache_implementation="static") as adapter:
@@ -448,14 +449,6 @@ def test_static_cache_honours_max_length_and_refuses_key_state_maskers(tiny):
         short = adapter.process_request(request, {"max_length": prompt + 3}).responses
         longer = adapter.process_request(request, {"max_new_tokens": 3}).responses
     assert short == longer
-    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed import (
-        implementations,
-    )
-
-    QuestTopKMaskerConfig = implementations.QuestTopKMaskerConfig
-    quest = ResearchAttentionConfig([SinkMaskerConfig(3), QuestTopKMaskerConfig(8, page_size=4)])
-    with pytest.raises(ValueError, match="QuestTopKMasker.*cache_implementation='dynamic'"):
-        ModelAdapterHF.from_model(model, tok, quest, cache_implementation="static")
     with pytest.raises(ValueError, match="cache_implementation must be one of"):
         ModelAdapterHF.from_model(model, tok, None, cache_implementation="paged")
 

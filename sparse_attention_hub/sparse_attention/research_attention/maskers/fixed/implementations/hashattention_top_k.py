@@ -14,7 +14,8 @@ the model's dtype) and kept on the masker; the caller's dict is never modified.
 
 State: the packed key signatures of a layer live in ``sparse_meta_data["hash_attention"]
 [layer_idx]`` (a :class:`HashAttentionLayerState`); each call computes the MLP only for keys
-appended since the previous call. ``sparse_meta_data["key"][layer_idx]`` mirrors the
+appended since the previous call (with a static cache: only for the positions each call wrote,
+see :mod:`.key_rows_state`). ``sparse_meta_data["key"][layer_idx]`` mirrors the
 reference's entry with the packed layout: int32 ``(b, h, num_keys, ceil(bits / 32))`` instead of
 float ``(b, h, num_keys, bits)``. Signatures are per query head (the weights are), so the cache
 takes ``4 * h * ceil(bits / 32)`` bytes per key per layer (16 MB for 32 heads, 32 bits and 128K
@@ -32,7 +33,7 @@ import torch
 from .....utils.hashattention_utils import HatWeights, load_hat_weights, validate_hat_weights
 from ...base import MaskerRegistry, require_layer_state
 from ..base import TopKMasker, TopKMaskerConfig
-from .key_rows_state import KeyRowsState
+from .key_rows_state import KeyRowsState, mark_static, written_end, written_positions
 
 Tensor = torch.Tensor
 
@@ -127,7 +128,13 @@ class HashAttentionTopKMasker(TopKMasker):
     ) -> Tuple[Tensor, Tensor]:
         layer = int(context["layer_idx"])
         k = self._calculate_effective_size(self.heavy_size, keys.shape[2])
-        key_signatures = self._update_key_signatures(keys, context["sparse_meta_data"], layer)
+        key_signatures = self._update_key_signatures(
+            keys,
+            context["sparse_meta_data"],
+            layer,
+            attention_mask=context["attention_mask"],
+            q_len=queries.shape[2],
+        )
         matrices, biases = self._layer_weights(layer, "query", queries)
         query_signatures = torch.ops.sah.hash_pack_signs(
             self._get_signatures(queries, matrices, biases)
@@ -180,14 +187,23 @@ class HashAttentionTopKMasker(TopKMasker):
         return out + bias[None, :, None, :]
 
     def _update_key_signatures(
-        self, keys: Tensor, sparse_meta_data: Dict[Any, Any], layer_idx: int, **kwargs: Any
+        self,
+        keys: Tensor,
+        sparse_meta_data: Dict[Any, Any],
+        layer_idx: int,
+        attention_mask: Optional[Tensor] = None,
+        q_len: int = 1,
+        **kwargs: Any,
     ) -> Tensor:
         """The packed signatures (b, H, n, words) of all ``n`` keys (b, h_kv or H, n, d),
-        computing only those of keys appended since the layer's previous call."""
+        computing only those of keys appended since the layer's previous call, or, for a call
+        with as many keys as cached and an ``attention_mask`` (a static cache), those of the
+        ``q_len`` positions the call wrote (see :mod:`.key_rows_state`)."""
         matrices, biases = self._layer_weights(layer_idx, "key", keys)
         heads, bits = matrices[0].shape[0], matrices[-1].shape[-1]
         states = sparse_meta_data.setdefault(STATE_KEY, {})
         state = states.get(layer_idx)
+        n = keys.shape[2]
         if state is None:
             state = HashAttentionLayerState(keys, heads, bits)
             states[layer_idx] = state
@@ -196,12 +212,20 @@ class HashAttentionTopKMasker(TopKMasker):
                 f"sparse_meta_data holds HashAttention state of layer {layer_idx} for (heads, "
                 f"bits) = {(state.rows.shape[1], state.bits)}, expected {(heads, bits)}"
             )
+        elif n == state.num_keys and attention_mask is not None:  # positional refresh
+            state.check(keys, layer_idx, written_end(attention_mask, n))
+            positions = written_positions(attention_mask, q_len, n)
+            signs = self._get_signatures(keys.index_select(2, positions), matrices, biases)
+            state.refresh(positions, torch.ops.sah.hash_pack_signs(signs))
         else:
             state.check(keys, layer_idx)
-        if keys.shape[2] > state.num_keys:
+        if n > state.num_keys:
+            created = state.num_keys == 0
             new_keys = keys[:, :, state.num_keys :]
             signs = self._get_signatures(new_keys, matrices, biases)
             state.append(keys, torch.ops.sah.hash_pack_signs(signs))
+            if created:
+                state.finish_creation(keys, attention_mask)
         signatures = state.valid_rows
         sparse_meta_data.setdefault("key", {})[layer_idx] = signatures
         return signatures
@@ -225,6 +249,7 @@ class HashAttentionTopKMasker(TopKMasker):
                 for part in ("matrix", "bias")
             )
             self._cast_weights[cache_key] = cached
+            mark_static(*cached[0], *cached[1])  # read by every compiled step: no CUDA-graph copy
         return cached
 
     @classmethod

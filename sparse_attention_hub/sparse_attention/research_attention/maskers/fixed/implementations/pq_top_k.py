@@ -8,7 +8,8 @@ sub-space ``m``, one byte per sub-space. A query scores key ``j`` with
 yet selected join the mask (equal scores: lower key index first).
 
 Codebooks are per batch row, kv head and sub-space, fitted with k-means at a layer's first call
-on all keys present then; later keys are only encoded (``torch.ops.sah.pq_encode``), so the codes
+on all keys present then (with a static cache: the keys of the buffer's written part, read from
+the attention mask); later keys are only encoded (``torch.ops.sah.pq_encode``), so the codes
 of cached keys never change. k-means: the initial centroids are ``C`` distinct keys drawn by a
 CPU generator seeded with ``seed`` (the same draw on every device; keys are reused cyclically
 when there are fewer than ``C``), then ``kmeans_iters`` rounds of assignment (by
@@ -29,7 +30,12 @@ import torch
 
 from ...base import MaskerRegistry, require_layer_state
 from ..base import TopKMasker, TopKMaskerConfig
-from .key_rows_state import KeyRowsState
+from .key_rows_state import (
+    KeyRowsState,
+    valid_key_count,
+    written_end,
+    written_positions,
+)
 
 Tensor = torch.Tensor
 
@@ -105,6 +111,10 @@ class PQCacheLayerState(KeyRowsState):
         self.codebooks = codebooks
         self.config_key = (config.pq_sub_dim, config.pq_bits, config.kmeans_iters, config.seed)
 
+    def _state_tensors(self) -> Tuple[Optional[Tensor], ...]:
+        # The codebooks are only read after creation; static addresses spare CUDA graphs a copy.
+        return (*super()._state_tensors(), self.codebooks)
+
 
 @MaskerRegistry.register(PQCacheConfig)
 class PQCache(TopKMasker):
@@ -140,44 +150,66 @@ class PQCache(TopKMasker):
     ) -> Tuple[Tensor, Tensor]:
         layer = int(context["layer_idx"])
         sparse_meta_data = context["sparse_meta_data"]
-        state = self._layer_state(keys, sparse_meta_data, layer)
-        if keys.shape[2] > state.num_keys:
+        attention_mask = context["attention_mask"]
+        n, q_len = keys.shape[2], queries.shape[2]
+        state = sparse_meta_data.setdefault(STATE_KEY, {}).get(layer)
+        if state is None:
+            state = self._new_state(keys, attention_mask, q_len, sparse_meta_data, layer)
+        else:
+            self._check_config(state, layer)
+            if n == state.num_keys and attention_mask is not None:  # positional refresh
+                state.check(keys, layer, written_end(attention_mask, n))
+                positions = written_positions(attention_mask, q_len, n)
+                codes = torch.ops.sah.pq_encode(keys.index_select(2, positions), state.codebooks)
+                state.refresh(positions, codes)
+            else:
+                state.check(keys, layer)
+        if n > state.num_keys:
+            created = state.num_keys == 0
             new_keys = keys[:, :, state.num_keys :]
             state.append(keys, torch.ops.sah.pq_encode(new_keys, state.codebooks))
+            if created:
+                state.finish_creation(keys, attention_mask)
         codes = state.valid_rows
         sparse_meta_data.setdefault("pq_centroids", {})[layer] = state.codebooks
         sparse_meta_data.setdefault("pq_codes", {})[layer] = codes
-        k = self._calculate_effective_size(self.heavy_size, keys.shape[2])
+        k = self._calculate_effective_size(self.heavy_size, n)
         return torch.ops.sah.pq_topk_mask(
-            queries, state.codebooks, codes, indices, probs, context["attention_mask"], k
+            queries, state.codebooks, codes, indices, probs, attention_mask, k
         )
 
-    def _layer_state(
-        self, keys: Tensor, sparse_meta_data: Dict[Any, Any], layer: int
+    def _new_state(
+        self,
+        keys: Tensor,
+        attention_mask: Optional[Tensor],
+        q_len: int,
+        sparse_meta_data: Dict[Any, Any],
+        layer: int,
     ) -> PQCacheLayerState:
-        """The layer's state: fitted on ``keys`` at first use, else checked against them."""
-        states = sparse_meta_data.setdefault(STATE_KEY, {})
-        state = states.get(layer)
-        config_key = (self.pq_sub_dim, self.pq_bits, self.kmeans_iters, self.seed)
-        if state is None:
-            head_dim = keys.shape[3]
-            if head_dim % self.pq_sub_dim != 0:
-                raise ValueError(
-                    f"pq_sub_dim ({self.pq_sub_dim}) must divide the head dim ({head_dim})"
-                )
-            codebooks = fit_pq_codebooks(
-                keys, self.pq_sub_dim, 2**self.pq_bits, self.kmeans_iters, self.seed
+        """A state whose codebooks are fitted on the keys of the sequence so far: all of
+        ``keys``, or with a static cache the written part of the buffer (the keys before the end
+        that :func:`valid_key_count` reads from the mask: one host sync, at creation only)."""
+        head_dim = keys.shape[3]
+        if head_dim % self.pq_sub_dim != 0:
+            raise ValueError(
+                f"pq_sub_dim ({self.pq_sub_dim}) must divide the head dim ({head_dim})"
             )
-            state = PQCacheLayerState(keys, codebooks, self.config)
-            states[layer] = state
-        elif state.config_key != config_key:
+        valid = valid_key_count(attention_mask, q_len, keys.shape[2])
+        codebooks = fit_pq_codebooks(
+            keys[:, :, :valid], self.pq_sub_dim, 2**self.pq_bits, self.kmeans_iters, self.seed
+        )
+        state = PQCacheLayerState(keys, codebooks, self.config)
+        sparse_meta_data[STATE_KEY][layer] = state
+        return state
+
+    def _check_config(self, state: PQCacheLayerState, layer: int) -> None:
+        """ValueError unless ``state`` was built for this masker's configuration."""
+        config_key = (self.pq_sub_dim, self.pq_bits, self.kmeans_iters, self.seed)
+        if state.config_key != config_key:
             raise ValueError(
                 f"sparse_meta_data holds PQCache state of layer {layer} for (pq_sub_dim, "
                 f"pq_bits, kmeans_iters, seed) = {state.config_key}, expected {config_key}"
             )
-        else:
-            state.check(keys, layer)
-        return state
 
     @classmethod
     def create_from_config(cls, config: PQCacheConfig) -> "PQCache":

@@ -22,6 +22,8 @@ Differences from the reference implementation:
 - A budget ``k = 0`` (a small fractional ``heavy_size``) selects nothing.
 - The page min/max are cached per layer in ``sparse_meta_data["quest"][layer_idx]`` and updated
   incrementally: each call recomputes only the last cached page (if partial) and the new ones.
+  With a static cache (as many keys as cached, an attention mask) a call recomputes the pages
+  holding the positions it wrote, over the written keys only (see :mod:`.key_rows_state`).
   Without ``sparse_meta_data`` or ``layer_idx`` they are computed from scratch on every call.
 """
 
@@ -34,7 +36,7 @@ import torch
 
 from ...base import AttentionTensorDimensions, MaskerRegistry
 from ..base import TopKMasker, TopKMaskerConfig
-from .key_rows_state import SequenceGuard
+from .key_rows_state import SequenceGuard, written_end
 
 Tensor = torch.Tensor
 
@@ -96,11 +98,12 @@ class QuestLayerState(SequenceGuard):
         empty = torch.empty(batch, kv_heads, 0, dim, dtype=torch.float32, device=keys.device)
         return cls(page_size, empty, empty.clone())
 
-    def check(self, keys: Tensor, layer: int) -> None:
+    def check(self, keys: Tensor, layer: int, end: Optional[Tensor] = None) -> None:
         """Raises unless ``keys`` continue the sequence this state was built for: same batch,
         kv heads, head dim and device (ValueError), at least ``num_keys`` keys (ValueError), and
-        the same key at position ``num_keys - 1`` (see :class:`SequenceGuard`: StaleStateError on
-        CPU, deferred to :meth:`raise_if_stale` on CUDA)."""
+        the same fingerprint keys (see :class:`SequenceGuard`; ``end`` from :func:`written_end`
+        for a positional refresh: StaleStateError on CPU, deferred to :meth:`raise_if_stale` on
+        CUDA)."""
         batch, kv_heads, n, dim = keys.shape
         expected = (self.page_min.shape[0], self.page_min.shape[1], self.page_min.shape[3])
         if (batch, kv_heads, dim) != expected or keys.device != self.page_min.device:
@@ -113,7 +116,7 @@ class QuestLayerState(SequenceGuard):
             raise ValueError(
                 f"Current number of keys ({n}) is less than cached number of keys ({self.num_keys})"
             )
-        self._verify_last_key(keys[:, :, self.num_keys - 1 : self.num_keys], layer)
+        self._verify_sequence(keys, layer, end)
 
     def update(self, keys: Tensor) -> None:
         """Brings the page statistics up to date with ``keys`` (only the new pages and the
@@ -126,6 +129,32 @@ class QuestLayerState(SequenceGuard):
         self.num_keys = n
         if n > 0:
             self.last_key = keys[:, :, -1:].detach().clone()
+
+    def refresh(self, keys: Tensor, end: Tensor, q_len: int) -> None:
+        """Positional refresh (a static cache, see :mod:`.key_rows_state`): recomputes the
+        min/max of the pages that hold the ``q_len`` positions ending at ``end`` (from
+        :func:`written_end`), over their keys before ``end`` only, in place. Static shapes, no
+        host sync: ``(q_len - 1) // page_size + 2`` pages are computed (ids clamped to the page
+        of key ``end - 1``; a duplicate rewrites identical values)."""
+        n, ps = keys.shape[2], self.page_size
+        device = keys.device
+        end = end.clamp(1, n)  # a row that sees no key: refresh page 0 (hidden anyway)
+        count = (q_len - 1) // ps + 2
+        first_page = (end - q_len).clamp_min(0) // ps
+        pages = torch.minimum(first_page + torch.arange(count, device=device), (end - 1) // ps)
+        positions = pages[:, None] * ps + torch.arange(ps, device=device)  # (count, ps)
+        valid = positions < end
+        batch, kv_heads, _, dim = keys.shape
+        page_keys = keys.index_select(2, positions.clamp(max=n - 1).flatten())
+        page_keys = page_keys.reshape(batch, kv_heads, count, ps, dim).to(torch.float32)
+        hidden = ~valid[:, :, None]
+        lo = page_keys.masked_fill(hidden, float("inf")).amin(dim=3)
+        hi = page_keys.masked_fill(hidden, float("-inf")).amax(dim=3)
+        self.page_min.index_copy_(2, pages, lo)
+        self.page_max.index_copy_(2, pages, hi)
+
+    def _state_tensors(self) -> Tuple[Optional[Tensor], ...]:
+        return (*super()._state_tensors(), self.page_min, self.page_max)
 
     def _reserve(self, num_pages: int) -> None:
         """Grows the capacity to ``num_pages`` pages (with headroom), keeping cached pages."""
@@ -169,8 +198,15 @@ class QuestTopKMasker(TopKMasker):
     ) -> Tuple[Tensor, Tensor]:
         n = keys.shape[2]
         k = self._calculate_effective_size(self.heavy_size, n)
-        state = self._layer_state(keys, context.get("sparse_meta_data"), context.get("layer_idx"))
-        state.update(keys)
+        attention_mask = context["attention_mask"]
+        sparse_meta_data, layer = context.get("sparse_meta_data"), context.get("layer_idx")
+        if sparse_meta_data is None or layer is None:
+            state = QuestLayerState.create(keys, self.page_size)  # uncached
+            state.update(keys)
+        else:
+            state = self._cached_state(
+                keys, attention_mask, queries.shape[2], sparse_meta_data, int(layer)
+            )
         pages = self.pages_to_pick(k, n)
         return torch.ops.sah.quest_topk_mask(
             queries,
@@ -193,25 +229,41 @@ class QuestTopKMasker(TopKMasker):
         num_pages = -(-num_keys // self.page_size)
         return min(num_pages, max(MIN_PAGES, k // self.page_size))
 
-    def _layer_state(
-        self, keys: Tensor, sparse_meta_data: Optional[Dict[Any, Any]], layer_idx: Optional[int]
+    def _cached_state(
+        self,
+        keys: Tensor,
+        attention_mask: Optional[Tensor],
+        q_len: int,
+        sparse_meta_data: Dict[Any, Any],
+        layer: int,
     ) -> QuestLayerState:
-        """The layer's cached state (created on first use, else checked against ``keys``), or a
-        fresh uncached one when there is no ``sparse_meta_data`` or ``layer_idx``."""
-        if sparse_meta_data is None or layer_idx is None:
-            return QuestLayerState.create(keys, self.page_size)
-        layer = int(layer_idx)
+        """The layer's cached state brought up to date with ``keys``: created on first use (all
+        pages computed; with a static cache the pages this call wrote are then recomputed over
+        the written keys only), else checked and updated: new pages (dynamic cache) or the pages
+        of the positions this call wrote (a call with as many keys as cached and an attention
+        mask: a static cache, see :mod:`.key_rows_state`)."""
+        n = keys.shape[2]
         states = sparse_meta_data.setdefault(STATE_KEY, {})
         state = states.get(layer)
         if state is None:
             state = states[layer] = QuestLayerState.create(keys, self.page_size)
+            state.update(keys)
+            if attention_mask is not None and q_len < n:  # a static buffer's unwritten tail
+                state.refresh(keys, written_end(attention_mask, n), q_len)
+            state.finish_creation(keys, attention_mask)
             return state
         if state.page_size != self.page_size:
             raise ValueError(
                 f"sparse_meta_data holds Quest state of layer {layer} for page_size "
                 f"{state.page_size}, expected {self.page_size}"
             )
-        state.check(keys, layer)
+        if n == state.num_keys and attention_mask is not None:  # positional refresh
+            end = written_end(attention_mask, n)
+            state.check(keys, layer, end)
+            state.refresh(keys, end, q_len)
+        else:
+            state.check(keys, layer)
+            state.update(keys)
         return state
 
     @classmethod

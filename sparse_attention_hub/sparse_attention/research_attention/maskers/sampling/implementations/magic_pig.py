@@ -3,7 +3,9 @@
 Transform (Neyshabur & Srebro's MIPS-to-cosine reduction, made stable for a growing cache).
 At the first call of a layer the state captures, per batch row and kv head, the key mean ``mu``
 (zero when ``center=False``) and the norm bound ``N = (1 + 2^-10) max_j ||k_j - mu||`` over the
-keys present then. With ``x = k - mu`` and ``y = q - mu``::
+keys present then (with a static cache: the written part of the buffer, read from the attention
+mask; later calls then recompute the signatures of the positions they wrote, see
+:mod:`~..fixed.implementations.key_rows_state`). With ``x = k - mu`` and ``y = q - mu``::
 
     K(k) = [x, sqrt(max(0, N^2 - ||x||^2))] / max(N, ||x||)      Q(q) = [y / ||y||, 0]
 
@@ -27,13 +29,18 @@ not hold; previous entries are kept unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 
 from .....utils.mask import Mask
 from ...base import MaskerRegistry, padding_or_4d_mask, require_layer_state
-from ...fixed.implementations.key_rows_state import SequenceGuard
+from ...fixed.implementations.key_rows_state import (
+    SequenceGuard,
+    valid_key_count,
+    written_end,
+    written_positions,
+)
 from ..base import SamplingMasker, SamplingMaskerConfig
 from .seeding import check_seed, resolve_seed
 
@@ -144,11 +151,12 @@ class MagicPigLayerState(SequenceGuard):
             signatures,
         )
 
-    def check(self, keys: Tensor, layer: int) -> None:
+    def check(self, keys: Tensor, layer: int, end: Optional[Tensor] = None) -> None:
         """Raises unless ``keys`` continue the sequence this state was built for: same batch,
         kv heads, head dim and device (ValueError), at least ``num_keys`` keys (ValueError), and
-        the same key at position ``num_keys - 1`` (see :class:`SequenceGuard`: StaleStateError
-        on CPU, deferred to :meth:`raise_if_stale` on CUDA)."""
+        the same fingerprint keys (see :class:`SequenceGuard`; ``end`` from :func:`written_end`
+        for a positional refresh: StaleStateError on CPU, deferred to :meth:`raise_if_stale` on
+        CUDA)."""
         batch, kv_heads, n, dim = keys.shape
         expected = tuple(self.key_mean.shape)
         if (batch, kv_heads, dim) != expected or keys.device != self.key_mean.device:
@@ -161,8 +169,10 @@ class MagicPigLayerState(SequenceGuard):
             raise ValueError(
                 f"Current number of keys ({n}) is less than cached number of keys ({self.num_keys})"
             )
-        if self.last_key is not None:
-            self._verify_last_key(keys[:, :, self.num_keys - 1], layer)
+        self._verify_sequence(keys, layer, end)
+
+    def _key_at(self, keys: Tensor, position: int) -> Tensor:
+        return keys[:, :, position]
 
     def reserve(self, num_keys: int) -> None:
         """Grows the signature buffer to hold ``num_keys`` rows (with headroom for decoding)."""
@@ -180,6 +190,45 @@ class MagicPigLayerState(SequenceGuard):
         self.num_keys = keys.shape[2]
         if self.num_keys > 0:
             self.last_key = keys[:, :, self.num_keys - 1].detach().clone()
+
+    def refresh(self, keys: Tensor, positions: Tensor) -> None:
+        """Positional refresh (a static cache, see :mod:`.key_rows_state`): recomputes, in
+        place, the signatures of the keys at ``positions`` (int64, from
+        :func:`written_positions`) with this state's frozen transform. The signatures come from
+        ``sah::magicpig_mask`` run on those keys alone (its mask output is discarded), so they
+        are exactly those an append computes."""
+        selected = keys.index_select(2, positions)  # (b, h_kv, q, d)
+        batch, kv_heads, count, _ = selected.shape
+        signatures = self.key_signatures.new_empty(
+            batch, kv_heads, count, self.key_signatures.shape[3]
+        )
+        no_rows = torch.empty(batch, kv_heads, 1, 0, dtype=torch.int32, device=keys.device)
+        torch.ops.sah.magicpig_mask(
+            selected[:, :, :1],
+            selected,
+            no_rows,
+            no_rows.to(torch.float32),
+            None,
+            self.projections,
+            self.key_mean,
+            self.key_norm_bound,
+            signatures,
+            0,
+            self.lsh_l,
+            self.lsh_k,
+        )
+        self.key_signatures.index_copy_(2, positions, signatures)
+
+    def _state_tensors(self) -> Tuple[Optional[Tensor], ...]:
+        # Projections, mean and bound are only read after creation; static addresses spare CUDA
+        # graphs a copy.
+        return (
+            *super()._state_tensors(),
+            self.key_signatures,
+            self.projections,
+            self.key_mean,
+            self.key_norm_bound,
+        )
 
 
 @MaskerRegistry.register(MagicPigConfig)
@@ -219,8 +268,19 @@ class MagicPig(SamplingMasker):
         layer = require_layer_state(sparse_meta_data, kwargs)
         if previous_mask.is_full_mask():
             return previous_mask
-        state = self._layer_state(keys, queries, sparse_meta_data, layer)
+        mask = padding_or_4d_mask(attention_mask)
         n = keys.shape[2]
+        state = sparse_meta_data.setdefault(STATE_KEY, {}).get(layer)
+        created = state is None
+        if created:
+            state = self._new_state(keys, queries, mask, sparse_meta_data, layer)
+        else:
+            self._check_config(state, layer)
+            if n == state.num_keys and mask is not None:  # positional refresh
+                state.check(keys, layer, written_end(mask, n))
+                state.refresh(keys, written_positions(mask, queries.shape[2], n))
+            else:
+                state.check(keys, layer)
         state.reserve(n)
         indices, probs = previous_mask.get_rows()
         indices, probs = torch.ops.sah.magicpig_mask(
@@ -228,7 +288,7 @@ class MagicPig(SamplingMasker):
             keys,
             indices,
             probs,
-            padding_or_4d_mask(attention_mask),
+            mask,
             state.projections,
             state.key_mean,
             state.key_norm_bound,
@@ -237,26 +297,36 @@ class MagicPig(SamplingMasker):
             self.lsh_l,
             self.lsh_k,
         )
-        state.advance(keys)
+        if n > state.num_keys:
+            state.advance(keys)
+        if created:
+            state.finish_creation(keys, mask)
         return self._rows_mask(previous_mask, indices, probs)
 
-    def _layer_state(
-        self, keys: Tensor, queries: Tensor, sparse_meta_data: Dict[Any, Any], layer: int
+    def _new_state(
+        self,
+        keys: Tensor,
+        queries: Tensor,
+        attention_mask: Optional[Tensor],
+        sparse_meta_data: Dict[Any, Any],
+        layer: int,
     ) -> MagicPigLayerState:
-        """The layer's state: created from ``keys`` on first use, else checked against them."""
-        states = sparse_meta_data.setdefault(STATE_KEY, {})
-        state = states.get(layer)
-        if state is None:
-            seed = resolve_seed(self.seed)
-            state = MagicPigLayerState.create(
-                keys, self.lsh_l, self.lsh_k, self.center, seed, layer
-            )
-            states[layer] = state
-            groups = queries.shape[1] // keys.shape[1]
-            key_mean = state.key_mean.repeat_interleave(groups, dim=1)[:, :, None]
-            sparse_meta_data.setdefault("projections", {})[layer] = state.projections
-            sparse_meta_data.setdefault("key_mean", {})[layer] = key_mean if self.center else None
-            return state
+        """A state whose transform is captured from the keys of the sequence so far: all of
+        ``keys``, or with a static cache the written part of the buffer (the keys before the end
+        that :func:`valid_key_count` reads from the mask: one host sync, at creation only)."""
+        valid = valid_key_count(attention_mask, queries.shape[2], keys.shape[2])
+        state = MagicPigLayerState.create(
+            keys[:, :, :valid], self.lsh_l, self.lsh_k, self.center, resolve_seed(self.seed), layer
+        )
+        sparse_meta_data[STATE_KEY][layer] = state
+        groups = queries.shape[1] // keys.shape[1]
+        key_mean = state.key_mean.repeat_interleave(groups, dim=1)[:, :, None]
+        sparse_meta_data.setdefault("projections", {})[layer] = state.projections
+        sparse_meta_data.setdefault("key_mean", {})[layer] = key_mean if self.center else None
+        return state
+
+    def _check_config(self, state: MagicPigLayerState, layer: int) -> None:
+        """ValueError unless ``state`` was built for this masker's configuration."""
         config = (self.lsh_l, self.lsh_k, self.center)
         if (state.lsh_l, state.lsh_k, state.center) != config or (
             self.seed is not None and state.seed != self.seed
@@ -266,8 +336,6 @@ class MagicPig(SamplingMasker):
                 f"center, seed) = {(state.lsh_l, state.lsh_k, state.center, state.seed)}, "
                 f"expected {config + (self.seed,)}"
             )
-        state.check(keys, layer)
-        return state
 
     @classmethod
     def create_from_config(cls, config: MagicPigConfig) -> "MagicPig":
