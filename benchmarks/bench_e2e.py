@@ -168,6 +168,13 @@ def main() -> None:
         "graphs); every configuration runs, the maskers with per-key state (hash_topk, "
         "quest_topk) refresh it for the buffer positions each step writes",
     )
+    parser.add_argument(
+        "--dense-baselines",
+        nargs="+",
+        choices=["default", "flash"],
+        default=["default", "flash"],
+        help="dense SDPA baselines to run: torch's default backend and/or cuDNN off",
+    )
     parser.add_argument("--out", default="bench_out/e2e.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -202,7 +209,9 @@ def main() -> None:
         # sparse configurations are compared with the faster of the two.
         dense_rates, dense_question_ms = {}, {}
         for label, cudnn in (("dense SDPA (default)", True), ("dense SDPA (flash)", False)):
-            if device.type != "cuda" and not cudnn:
+            if (device.type != "cuda" and not cudnn) or label.split("(")[1][:-1] not in (
+                args.dense_baselines
+            ):
                 continue
             if device.type == "cuda":
                 torch.backends.cuda.enable_cudnn_sdp(cudnn)
