@@ -503,7 +503,11 @@ def test_cuda_graph_static_decode_equals_eager(model, family):
             valid_rows(family, c_state[key][layer], valid),
             valid_rows(family, e_state[key][layer], valid),
         ):
-            assert torch.equal(got, want)
+            if got.is_floating_point():  # Quest bounds, PQ codebooks: from keys that inductor
+                # computes with other roundings than eager (the logits differ by ~1e-12 too)
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            else:  # signatures, codes: exactly
+                assert torch.equal(got, want)
         c_state[key][layer].raise_if_stale()
 
 
