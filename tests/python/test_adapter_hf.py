@@ -469,3 +469,33 @@ def test_cuda_static_cache_compiled_decode_equals_eager(tiny):
     with ModelAdapterHF.from_model(model, tok, config, cache_implementation="static") as static:
         got = static.process_request(request, {"max_new_tokens": 6}).responses
     assert got == want
+
+
+# ----------------------------------------------------------------------------------------------
+# device_map: a model folder loaded by the adapter with accelerate's placement.
+def test_device_map_auto_loads_and_matches_plain_device(tiny, tmp_path):
+    """``model_kwargs={"device_map": "auto"}`` loads the folder through accelerate's placement
+    (this machine's devices: the CPU here, every GPU on a multi-GPU machine, where
+    benchmarks/bench_multi_gpu.py runs it at 128K), feeds the inputs to the embedding's device,
+    and answers as the same folder loaded on one device, dense and sparse."""
+    pytest.importorskip("accelerate")
+    model, tok = tiny
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    request = Request(context_text(seed=5), ["what is the secret code", "is it blue"])
+    topk = ResearchAttentionConfig([SinkMaskerConfig(3), LocalMaskerConfig(12), OracleTopKConfig(6)])
+    answers = {}
+    for placement in ("one device", "auto"):
+        kwargs = {"dtype": torch.float64}
+        if placement == "auto":
+            kwargs["device_map"] = "auto"
+        for name, config in (("dense", None), ("sparse", topk)):
+            with ModelAdapterHF(str(folder), config, model_kwargs=kwargs, device="cpu") as adapter:
+                embed = adapter.model.get_input_embeddings().weight.device
+                assert adapter._input_device() == embed
+                got = adapter.process_request(request, {"max_new_tokens": 6}).responses
+            answers[placement, name] = got
+    assert answers["auto", "dense"] == answers["one device", "dense"]
+    assert answers["auto", "sparse"] == answers["one device", "sparse"]
+    assert all(isinstance(a, str) for a in answers["auto", "sparse"])
