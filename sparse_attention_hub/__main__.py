@@ -125,6 +125,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--stats-every", type=int, default=1, help="sample every N attention calls")
+    parser.add_argument(
+        "--cache",
+        default="dynamic",
+        choices=["dynamic", "static"],
+        help="KV cache: static compiles the decode step on CUDA (CUDA graphs)",
+    )
+    parser.add_argument(
+        "--device-map",
+        help='accelerate placement for from_pretrained, e.g. "auto" (layers over every GPU); '
+        "overrides --device",
+    )
     args = parser.parse_args()
 
     model = args.model or default_model()
@@ -136,11 +147,20 @@ def main() -> None:
     questions = args.question or ["What is the secret passkey?"]
     request = Request(context=context, questions=questions)
     kwargs = {"dtype": getattr(torch, args.dtype)}
-    print(f"model: {model}\ndevice: {args.device}  dtype: {args.dtype}")
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    where = f"device_map: {args.device_map}" if args.device_map else f"device: {args.device}"
+    print(f"model: {model}\n{where}  dtype: {args.dtype}  cache: {args.cache}")
     rows = []
     for name in args.configs:
         config = load_config(name)
-        with ModelAdapterHF(model, config, model_kwargs=kwargs, device=args.device) as adapter:
+        with ModelAdapterHF(
+            model,
+            config,
+            model_kwargs=kwargs,
+            device=args.device,
+            cache_implementation=args.cache,
+        ) as adapter:
             stats = LayerStats(args.stats_every)
             if adapter.sparse_attention is not None:
                 adapter.sparse_attention.observer = stats

@@ -31,7 +31,41 @@ NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
             maskers.fixed.OracleTopPMaskerConfig(0.9),
         ]
     ),
+    # Sink 4 + local 5% + about 5% chosen by the family (none needs weight or channel files).
+    "quest": lambda: _sink_local_plus(
+        {"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}
+    ),
+    "pq_cache": lambda: _sink_local_plus(
+        {"type": "PQCacheConfig", "heavy_size": 0.05, "pq_sub_dim": 8, "pq_bits": 6}
+    ),
+    "random_sampling": lambda: _sink_local_plus(
+        {"type": "RandomSamplingMaskerConfig", "sampling_rate": 0.05, "seed": 0}
+    ),
+    "magic_pig": lambda: _sink_local_plus(
+        {"type": "MagicPigConfig", "lsh_l": 16, "lsh_k": 8, "seed": 0}
+    ),
+    "adaptive_sampling": lambda: _sink_local_plus(
+        {"type": "OracleTopKConfig", "heavy_size": 0.025},
+        {
+            "type": "AdaptiveSamplingMaskerConfig",
+            "base_rate_sampling": 0.025,
+            "epsilon": 0.25,
+            "delta": 0.25,
+            "init_offset": 4,
+            "local_offset": 0.05,
+            "seed": 0,
+        },
+    ),
 }
+
+
+def _sink_local_plus(*extra: Dict[str, Any]) -> ResearchAttentionConfig:
+    """Sink 4 + local 5% of the keys, then the maskers ``extra`` (as file entries)."""
+    base = [
+        {"type": "SinkMaskerConfig", "sink_size": 4},
+        {"type": "LocalMaskerConfig", "window_size": 0.05},
+    ]
+    return config_from_dict({"maskers": base + list(extra)})
 
 
 def _masker_config_classes() -> Dict[str, type]:

@@ -49,7 +49,7 @@ def test_passkey_document_states_the_passkey_once():
     assert text.count("4242") == 1 and text.count("Note") == 30
 
 
-def test_main_runs_dense_and_sparse_on_a_local_model(tmp_path, monkeypatch, capsys):
+def tiny_folder(tmp_path):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(WORDS) + 4,
@@ -64,32 +64,57 @@ def test_main_runs_dense_and_sparse_on_a_local_model(tmp_path, monkeypatch, caps
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     make_tokenizer().save_pretrained(tmp_path / "tiny")
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "sah",
-            "--model",
-            str(tmp_path / "tiny"),
-            "--device",
-            "cpu",
-            "--configs",
-            "dense",
-            "sink_local",
-            "--sentences",
-            "40",
-            "--max-new-tokens",
-            "4",
-        ],
-    )
+    return str(tmp_path / "tiny")
+
+
+def run_main(monkeypatch, capsys, argv):
+    monkeypatch.setattr(sys, "argv", ["sah", *argv])
     main_job.main()
     out = capsys.readouterr().out
     rows = {
         line.split()[0]: line.split()
         for line in out.splitlines()
-        if line.startswith(("dense ", "sink_local "))
+        if line.split() and line.split()[0] in argv and len(line.split()) >= 4
     }
+    return out, rows
+
+
+def test_main_runs_dense_and_sparse_on_a_local_model(tmp_path, monkeypatch, capsys):
+    argv = ["--model", tiny_folder(tmp_path), "--device", "cpu", "--configs", "dense",
+            "sink_local", "--sentences", "40", "--max-new-tokens", "4"]
+    out, rows = run_main(monkeypatch, capsys, argv)
     assert set(rows) == {"dense", "sink_local"}
     assert float(rows["dense"][2]) == 1.0
     assert 0.0 < float(rows["sink_local"][2]) < 0.5  # real sparsity was measured
     assert "density per layer [sink_local]: 0:" in out
+
+
+def test_named_configurations_build():
+    """Every named configuration builds a ResearchAttention (none needs files)."""
+    from sparse_attention_hub.sparse_attention.research_attention import ResearchAttention
+
+    for name in NAMED:
+        config = load_config(name)
+        if config is not None:
+            maskers = ResearchAttention.create_from_config(config).maskers
+            assert len(maskers) == len(config.masker_configs) >= 2
+
+
+def test_main_with_static_cache_device_map_and_key_state_maskers(tmp_path, monkeypatch, capsys):
+    """--cache static and --device-map auto, with the named maskers that keep per-key state:
+    each runs at real sparsity, and the dense answer equals that of a default run (dynamic
+    cache, --device cpu). (Sparse answers are not compared: with a static cache the fractional
+    sizes of the named configurations refer to the buffer length.)"""
+    folder = tiny_folder(tmp_path)
+    configs = ["dense", "quest", "pq_cache", "magic_pig"]
+    common = ["--model", folder, "--configs", *configs, "--sentences", "40",
+              "--max-new-tokens", "4"]
+    out, rows = run_main(monkeypatch, capsys, [*common, "--cache", "static", "--device-map",
+                                               "auto"])
+    assert "cache: static" in out and "device_map: auto" in out
+    assert set(rows) == set(configs)
+    for name in configs[1:]:
+        assert 0.0 < float(rows[name][2]) < 0.6, (name, rows[name])
+    _, dynamic = run_main(monkeypatch, capsys, [*common[:3], "dense", *common[7:],
+                                                "--device", "cpu"])
+    assert dynamic["dense"][4:] == rows["dense"][4:]  # the same dense answer
