@@ -61,6 +61,13 @@ class BaseAttentionFunction:
     def get_attention_name(self) -> str:
         return self.name
 
+    @property
+    def keeps_key_state(self) -> bool:
+        """Whether the sparse attention, or one of its maskers, keeps state per cached key
+        (HashAttention signatures, Quest pages, PQ codes, MagicPig signatures)."""
+        parts = [self.sparse_attention, *(getattr(self.sparse_attention, "maskers", None) or [])]
+        return any(getattr(part, "keeps_key_state", False) for part in parts)
+
     def is_sparse_layer(self, layer_idx: Optional[int]) -> bool:
         return self.layer_indices is None or layer_idx in self.layer_indices
 
@@ -92,6 +99,11 @@ class BaseAttentionFunction:
         sparse_meta_data = kwargs.pop("sparse_meta_data", None)
         if sparse_meta_data is None:
             sparse_meta_data = self.state
+        if kwargs.get("sliding_window") is not None and self.keeps_key_state:
+            # A sliding-window layer's cache drops its oldest keys and shifts the rest (dynamic
+            # and static caches alike), so per-key state kept across calls would be misaligned:
+            # such layers rebuild it from the window's keys on every call.
+            sparse_meta_data = {}
         kwargs["layer_idx"] = layer_idx
         return self.sparse_attention.custom_attention(
             module,

@@ -5,6 +5,7 @@ transformers' AttentionInterface and run in the same model.
 """
 
 import copy
+import types
 
 import pytest
 import torch
@@ -499,3 +500,40 @@ def test_device_map_auto_loads_and_matches_plain_device(tiny, tmp_path):
     assert answers["auto", "dense"] == answers["one device", "dense"]
     assert answers["auto", "sparse"] == answers["one device", "sparse"]
     assert all(isinstance(a, str) for a in answers["auto", "sparse"])
+
+
+@pytest.mark.parametrize("arch", ["mistral-sliding", "gemma3-sliding"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_sliding_window_layers_with_key_state_maskers(arch, cache):
+    """A sliding-window layer's cache drops and shifts keys once the window is full, so a
+    masker with per-key state (Quest here) must not carry its state across calls there: the
+    adapter's generation equals one whose attention rebuilds every state from scratch on every
+    call (the state's invariant: equal to a recomputation from the current keys)."""
+    from sparse_attention_hub.sparse_attention.research_attention.maskers.fixed.implementations import (  # noqa: E501
+        QuestTopKMaskerConfig,
+    )
+
+    torch.manual_seed(0)
+    model = _arch_models()[arch]().to(torch.float64).eval()
+    tok = make_tokenizer()
+    request = Request(context_text(n_words=70, seed=6), "what is the secret code")
+    config = ResearchAttentionConfig(
+        [SinkMaskerConfig(2), LocalMaskerConfig(4), QuestTopKMaskerConfig(heavy_size=8, page_size=4)]
+    )
+    with ModelAdapterHF.from_model(model, tok, config, cache_implementation=cache) as adapter:
+        got = adapter.process_request(request, {"max_new_tokens": 12}).responses
+        function = adapter._registry.get_attention_adapter(adapter.attention_name)
+        attention = function.sparse_attention
+
+        def stateless(module, q, k, v, mask, scaling=None, dropout=0.0, **kwargs):
+            kwargs.pop("sparse_meta_data", None)
+            return attention.custom_attention(
+                module, q, k, v, mask, scaling, dropout, sparse_meta_data={}, **kwargs
+            )
+
+        function.sparse_attention = types.SimpleNamespace(custom_attention=stateless)
+        try:
+            want = adapter.process_request(request, {"max_new_tokens": 12}).responses
+        finally:
+            function.sparse_attention = attention
+    assert got == want and len(got.split()) > 0
