@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import device_name, git_commit, hat_config, write_json
+from common import device_name, generate_greedy as generate, git_commit, hat_config, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.adapters import AttentionRegistry
@@ -74,17 +74,6 @@ def build_model(args, device, dtype):
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
     return model.eval()
-
-
-def generate(model, cache, ids, n_new: int):
-    return model.generate(
-        input_ids=ids,
-        past_key_values=cache,
-        max_new_tokens=n_new,
-        min_new_tokens=n_new,
-        do_sample=False,
-        attention_mask=torch.ones_like(ids),
-    )
 
 
 def decode_tokens_per_s(model, cache, last_ids, n_new: int, device, profile: int = 0):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from common import device_name, git_commit, hat_config, write_json
+from common import device_name, generate_greedy as generate, git_commit, hat_config, write_json
 
 import sparse_attention_hub  # noqa: F401
 from sparse_attention_hub.adapters import AttentionRegistry, ModelAdapterHF
@@ -152,17 +152,6 @@ def simple_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-def generate(model, cache, ids, n_new: int):
-    return model.generate(
-        input_ids=ids,
-        past_key_values=cache,
-        max_new_tokens=n_new,
-        min_new_tokens=n_new,
-        do_sample=False,
-        attention_mask=torch.ones_like(ids),
     )
 
 

@@ -110,6 +110,18 @@ def copy_bandwidth_gbs(device: torch.device, timer: Timer, mbytes: int = 1024) -
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+def generate_greedy(model, cache, ids, n_new: int):
+    """``n_new`` greedy tokens after ``ids`` (batch 1, no padding) continuing ``cache``."""
+    return model.generate(
+        input_ids=ids,
+        past_key_values=cache,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        do_sample=False,
+        attention_mask=torch.ones_like(ids),
+    )
+
+
 def write_json(path: str, meta: Dict, rows: List[Dict]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -49,7 +49,13 @@ from sparse_attention_hub.benchmark import (
     construct_result_directory,
 )
 from sparse_attention_hub.benchmark.tasks.synthetic import TASKS
-from sparse_attention_hub.configs import NAMED, config_from_dict, load_config
+from sparse_attention_hub.configs import (
+    FAMILY_MASKERS,
+    NAMED,
+    SINK_LOCAL,
+    config_from_dict,
+    load_config,
+)
 from sparse_attention_hub.metric_logging import DENSITY, OUTPUT_ERROR
 from sparse_attention_hub.plotting import (
     load_micro_metrics,
@@ -59,12 +65,12 @@ from sparse_attention_hub.plotting import (
     plot_speed_vs_context,
 )
 
-_SINK = {"type": "SinkMaskerConfig", "sink_size": 4}
-_LOCAL = {"type": "LocalMaskerConfig", "window_size": 0.05}
-#: Masker families at about 10% of the keys (sink 4 + local 5% + 5% chosen by the family).
+_SINK, _LOCAL = SINK_LOCAL
+#: Masker families at about 10% of the keys (sink 4 + local 5% + 5% chosen by the family; the
+#: named configurations of ``sparse_attention_hub.configs`` except where noted).
 FAMILIES: Dict[str, List[Dict[str, Any]]] = {
     "sink_local": [_SINK, {"type": "LocalMaskerConfig", "window_size": 0.1}],
-    "oracle_topk": [_SINK, _LOCAL, {"type": "OracleTopKConfig", "heavy_size": 0.05}],
+    "oracle_topk": SINK_LOCAL + FAMILY_MASKERS["oracle_topk"],
     "oracle_topp": [_SINK, _LOCAL, {"type": "OracleTopPMaskerConfig", "top_p": 0.75}],
     # Quest's pages overlap the local window (its page scores are not masked by it), so
     # heavy_size 0.05 lands at ~7% density; 0.08 brings the union to about 10%.
@@ -73,30 +79,10 @@ FAMILIES: Dict[str, List[Dict[str, Any]]] = {
         _LOCAL,
         {"type": "QuestTopKMaskerConfig", "heavy_size": 0.08, "page_size": 16},
     ],
-    "pqcache": [
-        _SINK,
-        _LOCAL,
-        {"type": "PQCacheConfig", "heavy_size": 0.05, "pq_sub_dim": 8, "pq_bits": 6},
-    ],
-    "random_sampling": [
-        _SINK,
-        _LOCAL,
-        {"type": "RandomSamplingMaskerConfig", "sampling_rate": 0.05, "seed": 0},
-    ],
-    "adaptive_sampling": [
-        _SINK,
-        _LOCAL,
-        {"type": "OracleTopKConfig", "heavy_size": 0.025},
-        {
-            "type": "AdaptiveSamplingMaskerConfig",
-            "base_rate_sampling": 0.025,
-            "epsilon": 0.25,
-            "delta": 0.25,
-            "init_offset": 4,
-            "local_offset": 0.05,
-            "seed": 0,
-        },
-    ],
+    "pqcache": SINK_LOCAL + FAMILY_MASKERS["pq_cache"],
+    "random_sampling": SINK_LOCAL + FAMILY_MASKERS["random_sampling"],
+    "adaptive_sampling": SINK_LOCAL + FAMILY_MASKERS["adaptive_sampling"],
+    # (the report ran MagicPig with a fresh seed per run: seed None)
     "magic_pig": [_SINK, _LOCAL, {"type": "MagicPigConfig", "lsh_l": 16, "lsh_k": 8}],
 }
 

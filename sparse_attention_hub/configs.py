@@ -12,39 +12,22 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .sparse_attention.research_attention import ResearchAttentionConfig, maskers
 
-NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
-    "dense": lambda: None,
-    "sink_local": lambda: ResearchAttentionConfig(
-        [maskers.fixed.SinkMaskerConfig(4), maskers.fixed.LocalMaskerConfig(0.05)]
-    ),
-    "oracle_topk": lambda: ResearchAttentionConfig(
-        [
-            maskers.fixed.SinkMaskerConfig(4),
-            maskers.fixed.LocalMaskerConfig(0.05),
-            maskers.fixed.OracleTopKConfig(0.05),
-        ]
-    ),
-    "oracle_topp": lambda: ResearchAttentionConfig(
-        [
-            maskers.fixed.SinkMaskerConfig(4),
-            maskers.fixed.LocalMaskerConfig(0.05),
-            maskers.fixed.OracleTopPMaskerConfig(0.9),
-        ]
-    ),
-    # Sink 4 + local 5% + about 5% chosen by the family (none needs weight or channel files).
-    "quest": lambda: _sink_local_plus(
-        {"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}
-    ),
-    "pq_cache": lambda: _sink_local_plus(
-        {"type": "PQCacheConfig", "heavy_size": 0.05, "pq_sub_dim": 8, "pq_bits": 6}
-    ),
-    "random_sampling": lambda: _sink_local_plus(
-        {"type": "RandomSamplingMaskerConfig", "sampling_rate": 0.05, "seed": 0}
-    ),
-    "magic_pig": lambda: _sink_local_plus(
-        {"type": "MagicPigConfig", "lsh_l": 16, "lsh_k": 8, "seed": 0}
-    ),
-    "adaptive_sampling": lambda: _sink_local_plus(
+#: Sink 4 + local 5% of the keys: the base of every named sparse configuration (file entries).
+SINK_LOCAL: List[Dict[str, Any]] = [
+    {"type": "SinkMaskerConfig", "sink_size": 4},
+    {"type": "LocalMaskerConfig", "window_size": 0.05},
+]
+#: What each named family adds to :data:`SINK_LOCAL` (file entries; about 5% of the keys, and no
+#: weight or channel files needed).
+FAMILY_MASKERS: Dict[str, List[Dict[str, Any]]] = {
+    "sink_local": [],
+    "oracle_topk": [{"type": "OracleTopKConfig", "heavy_size": 0.05}],
+    "oracle_topp": [{"type": "OracleTopPMaskerConfig", "top_p": 0.9}],
+    "quest": [{"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}],
+    "pq_cache": [{"type": "PQCacheConfig", "heavy_size": 0.05, "pq_sub_dim": 8, "pq_bits": 6}],
+    "random_sampling": [{"type": "RandomSamplingMaskerConfig", "sampling_rate": 0.05, "seed": 0}],
+    "magic_pig": [{"type": "MagicPigConfig", "lsh_l": 16, "lsh_k": 8, "seed": 0}],
+    "adaptive_sampling": [
         {"type": "OracleTopKConfig", "heavy_size": 0.025},
         {
             "type": "AdaptiveSamplingMaskerConfig",
@@ -55,17 +38,18 @@ NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
             "local_offset": 0.05,
             "seed": 0,
         },
-    ),
+    ],
 }
 
 
-def _sink_local_plus(*extra: Dict[str, Any]) -> ResearchAttentionConfig:
-    """Sink 4 + local 5% of the keys, then the maskers ``extra`` (as file entries)."""
-    base = [
-        {"type": "SinkMaskerConfig", "sink_size": 4},
-        {"type": "LocalMaskerConfig", "window_size": 0.05},
-    ]
-    return config_from_dict({"maskers": base + list(extra)})
+def _family(name: str) -> Callable[[], ResearchAttentionConfig]:
+    return lambda: config_from_dict({"maskers": SINK_LOCAL + FAMILY_MASKERS[name]})
+
+
+NAMED: Dict[str, Callable[[], Optional[ResearchAttentionConfig]]] = {
+    "dense": lambda: None,
+    **{name: _family(name) for name in FAMILY_MASKERS},
+}
 
 
 def _masker_config_classes() -> Dict[str, type]:
